@@ -1,0 +1,1 @@
+"""Activator plugins: run one quantum of a PipelineTask."""

@@ -1,0 +1,155 @@
+"""The bundle document: the unit of work a scheduler hands to a pilot.
+
+A bundle names a quantum graph file, the IDs of the quanta to run from it, where the
+Data BackBone (DBB) is, and how to execute and stage.  It never carries a database
+URL: a job reaches the DBB only through its datastore.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+from typing import Literal
+
+import pydantic
+from lsst.resources import ResourcePath
+
+from .errors import BundleError
+
+SCHEMA_VERSION: Literal[1] = 1
+SCHEMA_PATH = Path(__file__).parent / "schemas" / "bundle.schema.json"
+
+
+class _Strict(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid", frozen=True)
+
+
+class DBBSpec(_Strict):
+    """Where the Data BackBone is."""
+
+    repo: str = pydantic.Field(description="URI of the DBB butler repository root (its butler.yaml).")
+    output_run: str = pydantic.Field(min_length=1, description="RUN collection the outputs belong to.")
+    staging: str | None = pydantic.Field(
+        default=None,
+        description="URI of the DBB staging area for committed bundles; default <repo>/pilot-staging.",
+    )
+
+    def staging_uri(self) -> ResourcePath:
+        """Return the staging-area root as a directory URI."""
+        if self.staging is not None:
+            return ResourcePath(self.staging, forceDirectory=True)
+        return ResourcePath(self.repo, forceDirectory=True).join("pilot-staging/", forceDirectory=True)
+
+
+class ExecutionSpec(_Strict):
+    """How to execute the bundle's quanta."""
+
+    activator: str = pydantic.Field(default="in-process", description="Activator plugin name.")
+    processes: int = pydantic.Field(default=1, ge=1, description="Worker processes (1 = in the pilot).")
+    fail_fast: bool = pydantic.Field(default=False, description="Stop at the first failed quantum.")
+    raise_on_partial_outputs: bool = pydantic.Field(
+        default=True, description="Treat a task's partial outputs as a failure of its quantum."
+    )
+
+
+class StagingSpec(_Strict):
+    """How to move data between the DBB and the workspace."""
+
+    stage_out: bool = pydantic.Field(default=True, description="Stage outputs to the DBB staging area.")
+    verify_checksums: bool = pydantic.Field(
+        default=True, description="Verify sizes (and checksums where the DBB records them) of inputs."
+    )
+
+
+class Bundle(_Strict):
+    """A bundle of quanta: the document ``pilot run`` executes."""
+
+    schema_version: Literal[1] = pydantic.Field(description="Version of this document's schema.")
+    bundle_id: str = pydantic.Field(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$", description="Unique, path-safe bundle name."
+    )
+    qgraph: str = pydantic.Field(
+        description="URI of the quantum graph (.qg) holding these quanta; relative to the bundle file."
+    )
+    quantum_ids: list[uuid.UUID] = pydantic.Field(min_length=1, description="Quanta of this bundle.")
+    source_qgraph: str | None = pydantic.Field(
+        default=None, description="The full quantum graph this bundle was cut from (provenance only)."
+    )
+    depends_on: list[str] = pydantic.Field(
+        default_factory=list,
+        description="Bundles whose outputs this bundle consumes; they must be ingested first.",
+    )
+    dbb: DBBSpec
+    execution: ExecutionSpec = pydantic.Field(default_factory=ExecutionSpec)
+    staging: StagingSpec = pydantic.Field(default_factory=StagingSpec)
+
+    @pydantic.field_validator("quantum_ids")
+    @classmethod
+    def _unique_ids(cls, value: list[uuid.UUID]) -> list[uuid.UUID]:
+        if len(set(value)) != len(value):
+            raise ValueError("quantum IDs must be unique")
+        return value
+
+    def qgraph_uri(self, bundle_file: ResourcePath | None) -> ResourcePath:
+        """Resolve ``qgraph`` (possibly relative) against the bundle file's directory."""
+        if bundle_file is not None:
+            return ResourcePath(self.qgraph, root=bundle_file.dirname(), forceAbsolute=True)
+        return ResourcePath(self.qgraph, forceAbsolute=True)
+
+
+def load_bundle(path: str | ResourcePath) -> Bundle:
+    """Read and validate a bundle file.
+
+    Raises
+    ------
+    BundleError
+        One line naming the file and what is wrong with it.
+    """
+    uri = ResourcePath(path)
+    try:
+        text = uri.read()
+    except FileNotFoundError:
+        raise BundleError(f"bundle file {uri} does not exist") from None
+    except Exception as err:
+        raise BundleError(f"cannot read bundle file {uri}: {err}") from None
+    try:
+        data = json.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise BundleError(f"bundle file {uri} is not valid JSON: {err}") from None
+    try:
+        return Bundle.model_validate(data)
+    except pydantic.ValidationError as err:
+        raise BundleError(f"bundle file {uri} is invalid: {_first_problem(err)}") from None
+
+
+def _first_problem(err: pydantic.ValidationError) -> str:
+    problems = []
+    for item in err.errors():
+        where = ".".join(str(part) for part in item["loc"]) or "<document>"
+        match item["type"]:
+            case "missing":
+                problems.append(f"missing field '{where}'")
+            case "extra_forbidden":
+                problems.append(f"unknown field '{where}'")
+            case _:
+                problems.append(f"field '{where}': {item['msg']}")
+    more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+    return problems[0] + more
+
+
+def write_bundle(bundle: Bundle, path: ResourcePath) -> None:
+    """Write a bundle file (whole-file write: the file never appears half-written)."""
+    path.write(bundle.model_dump_json(indent=2).encode() + b"\n", overwrite=True)
+
+
+def json_schema() -> str:
+    """Return the bundle JSON Schema as shipped in ``pilot/schemas/bundle.schema.json``."""
+    schema = Bundle.model_json_schema()
+    schema["$id"] = f"https://quanta-pilot/schemas/bundle-v{SCHEMA_VERSION}.json"
+    return json.dumps(schema, indent=2, sort_keys=True) + "\n"
+
+
+if __name__ == "__main__":  # pragma: no cover - maintenance entry point
+    SCHEMA_PATH.write_text(json_schema())
+    print(f"wrote {SCHEMA_PATH}")

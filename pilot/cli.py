@@ -1,0 +1,158 @@
+"""The ``pilot`` command line."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from types import FrameType
+from typing import NoReturn
+
+import click
+
+from .errors import InterruptedRun, PilotError
+from .exit_codes import MEANINGS, ExitCode
+
+EXIT_CODE_HELP = "\b\nExit codes:\n" + "\n".join(
+    f"  {int(code):>3}  {text}" for code, text in MEANINGS.items()
+)
+
+
+def _fail(err: PilotError) -> NoReturn:
+    click.echo(f"pilot: error: {err}", err=True)
+    sys.exit(int(err.exit_code))
+
+
+def _guarded[T](action: Callable[[], T]) -> T:
+    try:
+        return action()
+    except PilotError as err:
+        _fail(err)
+
+
+def _raise_interrupted(signum: int, frame: FrameType | None) -> None:
+    raise InterruptedRun(f"received {signal.Signals(signum).name}")
+
+
+@click.group(epilog=EXIT_CODE_HELP)
+@click.option(
+    "--log-level",
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+    default="WARNING",
+    show_default=True,
+    help="Logging level of the pilot and the LSST stack.",
+)
+def main(log_level: str) -> None:
+    """quanta-pilot: run bundles of LSST Gen3 quanta in-process and stage them to the DBB."""
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if log_level.upper() != "DEBUG":
+        # pipe_base warns on every import without EUPS; it is not news to an operator.
+        logging.getLogger("lsst.utils.packages").setLevel(logging.ERROR)
+
+
+@main.command(epilog=EXIT_CODE_HELP)
+@click.argument("qgraph")
+@click.option("--repo", required=True, help="DBB butler repository (written: dataset types, init-outputs).")
+@click.option(
+    "--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Directory for bundles."
+)
+@click.option(
+    "--max-quanta", type=int, default=None, help="Most quanta per bundle (whole chains kept together)."
+)
+@click.option("--staging", default=None, help="DBB staging-area URI (default: <repo>/pilot-staging).")
+def bundle(qgraph: str, repo: str, out_dir: Path, max_quanta: int | None, staging: str | None) -> None:
+    """Split quantum graph QGRAPH (.qg) into bundle files, after preparing the DBB once."""
+    from .bundling import make_bundles
+
+    paths = _guarded(lambda: make_bundles(qgraph, repo, out_dir, max_quanta=max_quanta, staging=staging))
+    for path in paths:
+        click.echo(str(path))
+    click.echo(f"{len(paths)} bundles written to {out_dir}", err=True)
+
+
+@main.command(epilog=EXIT_CODE_HELP)
+@click.argument("bundle_file", metavar="BUNDLE")
+@click.option(
+    "--workspace",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="Scratch directory (default: $_CONDOR_SCRATCH_DIR/pilot-<bundle>, else a new temporary directory).",
+)
+def run(bundle_file: str, workspace: Path | None) -> None:
+    """Execute BUNDLE locally (no scheduler): stage in, run, stage out, write report.json."""
+    from .report import format_task_table
+    from .runner import run_bundle
+
+    previous = signal.signal(signal.SIGTERM, _raise_interrupted)
+    try:
+        outcome = _guarded(lambda: run_bundle(bundle_file, workspace))
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    report = outcome.report
+    click.echo(f"bundle {report.bundle_id}: {report.status} in {report.wall_seconds:.1f} s")
+    click.echo(format_task_table(report.tasks))
+    if report.stage_out is not None:
+        click.echo(f"staged {report.stage_out.n_datasets} datasets: {report.stage_out.manifest}")
+    if report.message:
+        click.echo(f"pilot: error: {report.message}", err=True)
+    click.echo(f"report: {outcome.report_path}")
+    sys.exit(report.exit_code)
+
+
+@main.command(epilog=EXIT_CODE_HELP)
+@click.argument("repo")
+@click.option("--staging", default=None, help="DBB staging-area URI (default: <repo>/pilot-staging).")
+def ingest(repo: str, staging: str | None) -> None:
+    """Register every committed bundle's outputs in DBB repository REPO (idempotent)."""
+    from .ingest import ingest_committed
+
+    results = _guarded(lambda: ingest_committed(repo, staging))
+    for item in results:
+        click.echo(item.describe())
+    new = sum(item.new for item in results)
+    if not results:
+        click.echo("no committed bundles found: nothing to ingest")
+    elif new == 0:
+        click.echo(f"{len(results)} committed bundles, nothing new: the DBB is unchanged")
+    else:
+        click.echo(f"ingested {new} datasets from {sum(not i.skipped for i in results)} bundles")
+
+
+@main.command(epilog=EXIT_CODE_HELP)
+@click.argument("directory", type=click.Path(path_type=Path, file_okay=False), default=Path("pilot-demo"))
+@click.option("--detectors", type=click.IntRange(1, 1000), default=24, show_default=True, help="Data IDs.")
+@click.option("--sleep", type=float, default=0.02, show_default=True, help="Seconds each mock task sleeps.")
+@click.option(
+    "--max-quanta", type=click.IntRange(1), default=12, show_default=True, help="Quanta per bundle."
+)
+def demo(directory: Path, detectors: int, sleep: float, max_quanta: int) -> None:
+    """Build a demo DBB and pipeline in DIRECTORY, run every bundle, ingest, and report."""
+    from .demo import run_demo
+    from .report import count_statuses, format_task_table
+
+    result = _guarded(lambda: run_demo(directory, n_detectors=detectors, sleep=sleep, max_quanta=max_quanta))
+    all_results = [q for outcome in result.runs for q in outcome.report.quanta]
+    counts, tasks = count_statuses(all_results)
+    click.echo(f"DBB: {directory.absolute() / 'dbb'}   run: {result.output_run}")
+    click.echo(f"quantum graph: {result.qgraph}")
+    click.echo(f"{len(result.bundles)} bundles, {len(all_results)} quanta")
+    for outcome in result.runs:
+        r = outcome.report
+        click.echo(f"  {r.bundle_id}: {r.status}, {len(r.quanta)} quanta in {r.wall_seconds:.2f} s")
+    click.echo(format_task_table(tasks))
+    for item in result.ingested:
+        click.echo(item.describe())
+    click.echo(f"{result.datasets_in_run} datasets registered in {result.output_run}")
+    ok = counts["succeeded"] == len(all_results)
+    click.echo(
+        "every quantum succeeded"
+        if ok
+        else f"{len(all_results) - counts['succeeded']} quanta did not succeed"
+    )
+    sys.exit(int(ExitCode.SUCCESS if ok else ExitCode.QUANTA_FAILED))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

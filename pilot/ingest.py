@@ -1,0 +1,99 @@
+"""``pilot ingest``: register committed bundles' outputs in the DBB (central side)."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+from lsst.daf.butler import Butler
+from lsst.daf.butler.datastores.file_datastore.retrieve_artifacts import ZipIndex
+from lsst.resources import ResourcePath
+
+from stagers.base import TransferError
+from stagers.registry import stager_for
+
+from .dbb_init import open_dbb
+from .errors import DBBError
+from .stage_out import MANIFEST_NAME, Manifest, read_manifest
+
+_LOG = logging.getLogger(__name__)
+
+INGESTED_NAME = "ingested.json"
+
+
+@dataclasses.dataclass
+class BundleIngest:
+    """What ingest did with one committed bundle."""
+
+    bundle_id: str
+    attempt: str
+    new: int
+    already_present: int
+    skipped: bool
+
+    def describe(self) -> str:
+        if self.skipped:
+            return f"{self.bundle_id}: already ingested ({self.attempt}), nothing to do"
+        return f"{self.bundle_id}: ingested {self.new} datasets ({self.already_present} already present)"
+
+
+def committed_bundles(staging: ResourcePath) -> list[tuple[ResourcePath, Manifest]]:
+    """Return ``(bundle staging dir, manifest)`` for every committed bundle, sorted by bundle ID."""
+    if not staging.exists():
+        return []
+    stager = stager_for(staging)
+    found = []
+    for directory, _, files in staging.walk():
+        if MANIFEST_NAME in files:
+            bundle_dir = ResourcePath(directory, forceDirectory=True)
+            found.append((bundle_dir, read_manifest(stager.read(bundle_dir.join(MANIFEST_NAME)))))
+    return sorted(found, key=lambda item: item[1].bundle_id)
+
+
+def ingest_committed(repo: str, staging: str | None = None) -> list[BundleIngest]:
+    """Ingest every committed, not yet ingested bundle in the staging area.
+
+    Idempotent: a bundle whose current attempt was ingested is skipped, and
+    datasets already registered (from an earlier attempt) are left as they are.
+    """
+    staging_uri = (
+        ResourcePath(staging, forceDirectory=True)
+        if staging
+        else ResourcePath(repo, forceDirectory=True).join("pilot-staging/", forceDirectory=True)
+    )
+    bundles = committed_bundles(staging_uri)
+    if not bundles:
+        return []
+    butler = open_dbb(repo, writeable=True)
+    try:
+        return [_ingest_one(butler, bundle_dir, manifest) for bundle_dir, manifest in bundles]
+    finally:
+        butler.close()
+
+
+def _ingest_one(butler: Butler, bundle_dir: ResourcePath, manifest: Manifest) -> BundleIngest:
+    stager = stager_for(bundle_dir)
+    marker = bundle_dir.join(INGESTED_NAME)
+    if stager.exists(marker):
+        done = Manifest.model_validate_json(stager.read(marker))
+        if done.attempt == manifest.attempt:
+            return BundleIngest(manifest.bundle_id, manifest.attempt, 0, 0, skipped=True)
+    new = present = 0
+    if manifest.zip is not None:
+        zip_uri = bundle_dir.join(manifest.zip)
+        try:
+            refs = ZipIndex.from_zip_file(zip_uri).refs.to_refs(universe=butler.dimensions)
+            present = sum(1 for ref in refs if butler.get_dataset(ref.id) is not None)
+            new = len(refs) - present
+            if new:
+                butler.ingest_zip(zip_uri, transfer="copy", skip_existing=True)
+        except Exception as err:
+            raise DBBError(
+                f"cannot ingest bundle {manifest.bundle_id} from {zip_uri}: {type(err).__name__}: {err}"
+            ) from None
+    try:
+        stager.commit(manifest.model_dump_json(indent=2).encode(), marker)
+    except TransferError as err:
+        raise DBBError(f"ingested bundle {manifest.bundle_id} but cannot mark it: {err}") from None
+    _LOG.info("Bundle %s: %d new datasets, %d already present.", manifest.bundle_id, new, present)
+    return BundleIngest(manifest.bundle_id, manifest.attempt, new, present, skipped=False)

@@ -1,0 +1,104 @@
+"""Read quantum graphs, and cut a bundle's own small graph out of a full one.
+
+``pilot bundle`` writes each bundle's quanta to a ``.qg`` file of their own, so a job
+fetches only what it runs and reads that file whole.  A partial read of a large
+``.qg`` (``read_execution_quanta`` with quantum IDs) dies with ``EOFError`` on
+CPython 3.12.1 (gh-127847, a ``zipfile`` seek bug fixed in later 3.12 releases);
+reading whole files sidesteps it, and a partial read that hits it falls back to a
+whole read.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Collection
+
+from lsst.pipe.base.quantum_graph import PredictedQuantumGraph, PredictedQuantumGraphComponents
+from lsst.resources import ResourcePath
+
+from .errors import BundleError
+
+_LOG = logging.getLogger(__name__)
+
+
+def read_full_graph(uri: ResourcePath) -> PredictedQuantumGraphComponents:
+    """Read every component of a predicted quantum graph.
+
+    Raises
+    ------
+    BundleError
+        The file is missing or is not a readable predicted quantum graph.
+    """
+    _require_graph_file(uri)
+    try:
+        with PredictedQuantumGraph.open(uri) as reader:
+            reader.read_all()
+        return reader.components
+    except Exception as err:
+        raise BundleError(f"cannot read quantum graph {uri}: {type(err).__name__}: {err}") from None
+
+
+def write_bundle_graph(
+    full: PredictedQuantumGraphComponents, quantum_ids: Collection[uuid.UUID], uri: ResourcePath
+) -> None:
+    """Write a complete, standalone ``.qg`` holding only ``quantum_ids`` of ``full``.
+
+    The pipeline graph, init quanta (with any datastore records attached to them)
+    and dimension data are carried over unchanged; the thin graph and header counts
+    are recomputed for the subset.
+    """
+    wanted = set(quantum_ids)
+    subset = PredictedQuantumGraphComponents(
+        header=full.header.model_copy(deep=True),
+        pipeline_graph=full.pipeline_graph,
+        dimension_data=full.dimension_data,
+        init_quanta=full.init_quanta,
+    )
+    subset.quantum_datasets = {qid: qd for qid, qd in full.quantum_datasets.items() if qid in wanted}
+    subset.set_thin_graph()
+    subset.set_header_counts()
+    subset.write(uri)
+
+
+def load_bundle_graph(uri: ResourcePath, quantum_ids: Collection[uuid.UUID]) -> PredictedQuantumGraph:
+    """Load what is needed to execute ``quantum_ids`` from the graph at ``uri``.
+
+    Raises
+    ------
+    BundleError
+        The file is missing or unreadable, or a quantum ID is not in it.
+    """
+    _require_graph_file(uri)
+    try:
+        with PredictedQuantumGraph.open(uri) as reader:
+            reader.read_thin_graph()
+            in_graph = {
+                thin.quantum_id for quanta in reader.components.thin_graph.quanta.values() for thin in quanta
+            }
+            missing = [str(qid) for qid in quantum_ids if qid not in in_graph]
+            if missing:
+                more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+                raise BundleError(f"quantum ID {missing[0]}{more} is not in quantum graph {uri}")
+            whole = len(in_graph) == len(set(quantum_ids))
+            try:
+                reader.read_execution_quanta(None if whole else quantum_ids)
+            except EOFError:
+                _LOG.warning("Partial read of %s hit CPython gh-127847; reading the whole graph.", uri)
+                reader.read_execution_quanta(None)
+        return reader.finish()
+    except BundleError:
+        raise
+    except Exception as err:
+        raise BundleError(f"cannot read quantum graph {uri}: {type(err).__name__}: {err}") from None
+
+
+def _require_graph_file(uri: ResourcePath) -> None:
+    if uri.getExtension() != ".qg":
+        raise BundleError(f"quantum graph {uri} must be a '.qg' file")
+    try:
+        exists = uri.exists()
+    except Exception as err:
+        raise BundleError(f"cannot reach quantum graph {uri}: {err}") from None
+    if not exists:
+        raise BundleError(f"quantum graph file {uri} does not exist")

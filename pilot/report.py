@@ -1,0 +1,132 @@
+"""The bundle report (``report.json``): per-quantum results and a bundle summary."""
+
+from __future__ import annotations
+
+import collections
+import platform
+import socket
+import sys
+import uuid
+from datetime import UTC, datetime
+from importlib.metadata import PackageNotFoundError, version
+from typing import Literal
+
+import pydantic
+
+QuantumStatus = Literal["succeeded", "failed", "blocked", "not_run"]
+
+SOFTWARE = ("quanta-pilot", "lsst-daf-butler", "lsst-pipe-base", "lsst-ctrl-mpexec", "lsst-resources")
+
+
+class QuantumResult(pydantic.BaseModel):
+    """What happened to one quantum."""
+
+    quantum_id: uuid.UUID
+    task_label: str
+    data_id: dict[str, int | str | None]
+    status: QuantumStatus
+    caveat: str | None = None
+    exception_type: str | None = None
+    exception_message: str | None = None
+    blocked_by: uuid.UUID | None = None
+    started_at: datetime | None = None
+    wall_seconds: float = 0.0
+    cpu_seconds: float = 0.0
+    max_rss_bytes: int = 0
+    output_dataset_ids: list[uuid.UUID] = pydantic.Field(default_factory=list)
+
+
+class TransferStats(pydantic.BaseModel):
+    """Counts of one direction of data movement."""
+
+    files: int = 0
+    bytes: int = 0
+    cache_hits: int = 0
+    retries: int = 0
+    seconds: float = 0.0
+
+
+class StageOutRecord(pydantic.BaseModel):
+    """Where the bundle's outputs were committed in the DBB staging area."""
+
+    manifest: str
+    zip: str | None
+    n_datasets: int
+    transfer: TransferStats
+
+
+class BundleReport(pydantic.BaseModel):
+    """The whole ``report.json``."""
+
+    report_version: Literal[1] = 1
+    bundle_id: str
+    output_run: str
+    status: Literal["succeeded", "partial", "failed", "interrupted"]
+    exit_code: int
+    message: str | None = None
+    counts: dict[str, int]
+    tasks: dict[str, dict[str, int]]
+    started_at: datetime
+    ended_at: datetime
+    wall_seconds: float
+    host: str
+    platform: str
+    python: str
+    software: dict[str, str]
+    workspace: str
+    stage_in: TransferStats
+    stage_out: StageOutRecord | None = None
+    quanta: list[QuantumResult]
+
+
+def count_statuses(results: list[QuantumResult]) -> tuple[dict[str, int], dict[str, dict[str, int]]]:
+    """Return ``(counts by status, counts by task then status)``."""
+    counts: collections.Counter[str] = collections.Counter(r.status for r in results)
+    by_task: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
+    for r in results:
+        by_task[r.task_label][r.status] += 1
+    statuses = ("succeeded", "failed", "blocked", "not_run")
+    return (
+        {s: counts.get(s, 0) for s in statuses},
+        {label: {s: c.get(s, 0) for s in statuses} for label, c in by_task.items()},
+    )
+
+
+def environment() -> dict[str, object]:
+    """Host, platform, Python and package versions for provenance."""
+    software = {}
+    for name in SOFTWARE:
+        try:
+            software[name] = version(name)
+        except PackageNotFoundError:
+            software[name] = "unknown"
+    return {
+        "host": socket.getfqdn(),
+        "platform": platform.platform(),
+        "python": sys.version.split()[0],
+        "software": software,
+    }
+
+
+def now() -> datetime:
+    """Current UTC time."""
+    return datetime.now(UTC)
+
+
+def format_task_table(tasks: dict[str, dict[str, int]]) -> str:
+    """Render per-task counts as an aligned text table, with a total row."""
+    columns = ("succeeded", "failed", "blocked", "not_run")
+    rows = [(label, *(str(counts[c]) for c in columns)) for label, counts in tasks.items()]
+    rows.append(("TOTAL", *(str(sum(t[c] for t in tasks.values())) for c in columns)))
+    header = ("task", *columns)
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    lines = [
+        "  ".join(
+            cell.ljust(w) if i == 0 else cell.rjust(w)
+            for i, (cell, w) in enumerate(zip(row, widths, strict=True))
+        )
+        for row in [header, *rows]
+    ]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    lines.insert(len(lines) - 1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)

@@ -1,0 +1,193 @@
+"""Stage-out: a bundle's outputs go to the DBB staging area as one committed unit.
+
+Layout under the staging root (default ``<repo>/pilot-staging/``)::
+
+    <bundle_id>/<attempt>/<dataset-ids-hash>.zip   outputs, in the zip format ``Butler.ingest_zip`` takes
+    <bundle_id>/<attempt>/report.json              the bundle report
+    <bundle_id>/manifest.json                      written last and atomically: the commit
+
+Nothing is visible to ``pilot ingest`` until ``manifest.json`` exists, and it only
+ever names a complete attempt.  Staging again (a rerun, or a retry after a crash)
+writes a new attempt and replaces the manifest; dataset IDs come from the quantum
+graph, so ingest registers each dataset once whichever attempt it reads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+import uuid
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import pydantic
+from lsst.daf.butler import DatasetRef, Quantum, QuantumBackedButler
+from lsst.pipe.base.quantum_graph import PredictedQuantumGraph
+from lsst.resources import ResourcePath
+
+from stagers.base import Stager, TransferError
+from stagers.registry import stager_for
+
+from .errors import StageOutError
+from .report import QuantumResult, StageOutRecord, TransferStats, now
+
+_LOG = logging.getLogger(__name__)
+
+MANIFEST_NAME = "manifest.json"
+
+
+class Manifest(pydantic.BaseModel):
+    """The commit record of one staged bundle."""
+
+    manifest_version: int = 1
+    bundle_id: str
+    output_run: str
+    attempt: str
+    zip: str | None = pydantic.Field(description="Zip path relative to the bundle's staging directory.")
+    zip_size: int = 0
+    zip_sha256: str | None = None
+    n_datasets: int = 0
+    report: str
+    committed_at: str
+
+
+def produced_refs(
+    qg: PredictedQuantumGraph,
+    quanta: Mapping[uuid.UUID, Quantum],
+    results: Iterable[QuantumResult],
+    local_repo: str,
+) -> list[DatasetRef]:
+    """Return the refs to stage: every output of succeeded quanta, and the logs of failed ones.
+
+    Only datasets actually present in the local datastore are returned.  Refs use
+    the DBB's (pipeline graph's) dataset type definitions, not a task's storage
+    class override.
+    """
+    wanted: dict[uuid.UUID, DatasetRef] = {}
+    for result in results:
+        if result.status not in ("succeeded", "failed"):
+            continue
+        log_name = qg.pipeline_graph.tasks[result.task_label].log_output
+        for refs in quanta[result.quantum_id].outputs.values():
+            for ref in refs:
+                if result.status == "failed" and (
+                    log_name is None or ref.datasetType.name != log_name.dataset_type_name
+                ):
+                    continue
+                registry_type = qg.pipeline_graph.dataset_types[ref.datasetType.name].dataset_type
+                wanted[ref.id] = ref.overrideStorageClass(registry_type.storageClass_name)
+    if not wanted:
+        return []
+    qbb = _local_butler(qg, local_repo, wanted.keys())
+    try:
+        stored = qbb.stored_many(wanted.values())
+    finally:
+        qbb.close()
+    return [ref for ref, present in stored.items() if present]
+
+
+def _local_butler(
+    qg: PredictedQuantumGraph, local_repo: str, ids: Iterable[uuid.UUID]
+) -> QuantumBackedButler:
+    return QuantumBackedButler.from_predicted(
+        config=local_repo,
+        predicted_inputs=[],
+        predicted_outputs=list(ids),
+        dimensions=qg.pipeline_graph.universe,
+        datastore_records={},
+        dataset_types={d.name: d.dataset_type for d in qg.pipeline_graph.dataset_types.values()},
+    )
+
+
+def stage_out(
+    *,
+    qg: PredictedQuantumGraph,
+    refs: list[DatasetRef],
+    bundle_id: str,
+    output_run: str,
+    local_repo: str,
+    work_dir: Path,
+    report_json: bytes,
+    staging_root: ResourcePath,
+) -> StageOutRecord:
+    """Zip ``refs`` from the local datastore, upload zip and report, then commit the manifest.
+
+    Raises
+    ------
+    StageOutError
+        Anything went wrong; the workspace still holds every output, and no manifest
+        naming an incomplete attempt was written.
+    """
+    stats = TransferStats()
+    start = time.perf_counter()
+    work_dir.mkdir(parents=True, exist_ok=True)
+    zip_path: ResourcePath | None = None
+    if refs:
+        qbb = _local_butler(qg, local_repo, (ref.id for ref in refs))
+        try:
+            zip_path = qbb.retrieve_artifacts_zip(refs, ResourcePath(work_dir, forceDirectory=True))
+        except Exception as err:
+            raise StageOutError(f"cannot assemble the output zip in {work_dir}: {err}") from None
+        finally:
+            qbb.close()
+    bundle_dir = staging_root.join(f"{bundle_id}/", forceDirectory=True)
+    attempt = f"attempt-{now().strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
+    attempt_dir = bundle_dir.join(f"{attempt}/", forceDirectory=True)
+    report_local = ResourcePath(work_dir / "report.json")
+    report_local.write(report_json, overwrite=True)
+    try:
+        stager = stager_for(bundle_dir)
+        zip_name: str | None = None
+        zip_sha256: str | None = None
+        zip_size = 0
+        if zip_path is not None:
+            zip_name = f"{attempt}/{zip_path.basename()}"
+            zip_sha256 = _sha256(Path(zip_path.ospath))
+            zip_size = _upload(stager, zip_path, attempt_dir.join(zip_path.basename()), stats)
+        _upload(stager, report_local, attempt_dir.join("report.json"), stats)
+        manifest = Manifest(
+            bundle_id=bundle_id,
+            output_run=output_run,
+            attempt=attempt,
+            zip=zip_name,
+            zip_size=zip_size,
+            zip_sha256=zip_sha256,
+            n_datasets=len(refs),
+            report=f"{attempt}/report.json",
+            committed_at=now().isoformat(),
+        )
+        stager.commit(manifest.model_dump_json(indent=2).encode(), bundle_dir.join(MANIFEST_NAME))
+    except (TransferError, LookupError) as err:
+        raise StageOutError(f"stage-out of bundle {bundle_id} to {bundle_dir} failed: {err}") from None
+    stats.seconds = time.perf_counter() - start
+    _LOG.info("Committed %d datasets of bundle %s to %s.", len(refs), bundle_id, bundle_dir)
+    return StageOutRecord(
+        manifest=str(bundle_dir.join(MANIFEST_NAME)), zip=zip_name, n_datasets=len(refs), transfer=stats
+    )
+
+
+def _upload(stager: Stager, source: ResourcePath, destination: ResourcePath, stats: TransferStats) -> int:
+    size = source.size()
+    copied = stager.upload(source, destination)
+    if copied != size:
+        raise TransferError(
+            f"{destination} has {copied} bytes after upload, expected {size}", permanent=False
+        )
+    stats.files += 1
+    stats.bytes += copied
+    return copied
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_manifest(text: bytes) -> Manifest:
+    """Parse a manifest document."""
+    return Manifest.model_validate(json.loads(text))

@@ -1,0 +1,112 @@
+"""The job's scratch directory and the local datastore the quanta write into."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+from pathlib import Path
+
+from lsst.daf.butler import Config
+from lsst.resources import ResourcePath
+
+from .errors import BundleError, StageInError
+
+BUTLER_ROOT_TOKEN = "<butlerRoot>"
+
+
+@dataclasses.dataclass(frozen=True)
+class DBBDatastore:
+    """What a job knows of the DBB: its datastore's name, root and configuration."""
+
+    name: str
+    root: ResourcePath
+    config: Config
+
+
+def read_dbb_datastore(repo: str) -> DBBDatastore:
+    """Read the DBB's datastore configuration from its ``butler.yaml`` (no registry access).
+
+    Raises
+    ------
+    StageInError
+        The DBB configuration cannot be read.
+    BundleError
+        The DBB's datastore is of a kind the pilot cannot stage from.
+    """
+    repo_uri = ResourcePath(repo, forceDirectory=not repo.endswith((".yaml", ".json")))
+    config_uri = repo_uri if not repo_uri.isdir() else repo_uri.join("butler.yaml")
+    try:
+        config = Config(config_uri)
+    except Exception as err:
+        raise StageInError(
+            f"cannot read DBB configuration {config_uri}: {type(err).__name__}: {err}"
+        ) from None
+    datastore = config.get("datastore")
+    if datastore is None or "FileDatastore" not in str(datastore.get("cls", "")):
+        raise BundleError(
+            f"DBB {config_uri} does not use a FileDatastore; other datastores are not supported"
+        )
+    raw_root = str(datastore.get("root", BUTLER_ROOT_TOKEN))
+    name = str(datastore.get("name", f"FileDatastore@{raw_root}"))
+    root = ResourcePath(raw_root.replace(BUTLER_ROOT_TOKEN, str(config_uri.dirname())), forceDirectory=True)
+    return DBBDatastore(name=name, root=root, config=Config(datastore.toDict()))
+
+
+@dataclasses.dataclass(frozen=True)
+class Workspace:
+    """Layout of a bundle's scratch directory.
+
+    ``repo/`` is a standalone datastore root: inputs are staged into it at the same
+    relative paths as in the DBB, and quanta write their outputs there, never
+    straight into the DBB.
+    """
+
+    root: Path
+
+    @classmethod
+    def choose(cls, explicit: Path | None, bundle_id: str) -> Workspace:
+        """``explicit``, else ``$_CONDOR_SCRATCH_DIR/pilot-<bundle>``, else a new temporary directory."""
+        if explicit is not None:
+            root = explicit
+        elif scratch := os.environ.get("_CONDOR_SCRATCH_DIR"):
+            root = Path(scratch) / f"pilot-{bundle_id}"
+        else:
+            root = Path(tempfile.mkdtemp(prefix=f"pilot-{bundle_id}-"))
+        root = root.absolute()
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise BundleError(f"cannot create workspace {root}: {err}") from None
+        return cls(root)
+
+    @property
+    def repo(self) -> Path:
+        """Local datastore root (holds ``butler.yaml``)."""
+        return self.root / "repo"
+
+    @property
+    def stage_out_dir(self) -> Path:
+        """Where the bundle's zip is assembled before upload."""
+        return self.root / "stage-out"
+
+    @property
+    def report_path(self) -> Path:
+        """The bundle's ``report.json``."""
+        return self.root / "report.json"
+
+    def write_local_repo_config(self, dbb: DBBDatastore) -> ResourcePath:
+        """Write ``repo/butler.yaml``: the DBB's datastore, rooted here, under the DBB's datastore name.
+
+        Keeping the name means the datastore records in the quantum graph, which are
+        keyed by it, apply to the local datastore; the registry section is dropped:
+        a job never talks to the DBB registry.
+        """
+        self.repo.mkdir(parents=True, exist_ok=True)
+        datastore = Config(dbb.config.toDict())
+        datastore["root"] = BUTLER_ROOT_TOKEN
+        datastore["name"] = dbb.name
+        config = Config({"datastore": datastore.toDict()})
+        uri = ResourcePath(self.repo / "butler.yaml")
+        config.dumpToUri(uri, overwrite=True)
+        return uri

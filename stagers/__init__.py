@@ -1,0 +1,1 @@
+"""Stager plugins: move files between the Data BackBone and the job's workspace."""
