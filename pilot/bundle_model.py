@@ -16,6 +16,7 @@ import pydantic
 from lsst.resources import ResourcePath
 
 from .errors import BundleError
+from .uri_display import shown
 
 SCHEMA_VERSION: Literal[1] = 1
 SCHEMA_PATH = Path(__file__).parent / "schemas" / "bundle.schema.json"
@@ -110,17 +111,17 @@ def load_bundle(path: str | ResourcePath) -> Bundle:
     try:
         text = uri.read()
     except FileNotFoundError:
-        raise BundleError(f"bundle file {uri} does not exist") from None
+        raise BundleError(f"bundle file {shown(uri)} does not exist") from None
     except Exception as err:
-        raise BundleError(f"cannot read bundle file {uri}: {err}") from None
+        raise BundleError(f"cannot read bundle file {shown(uri)}: {err}") from None
     try:
         data = json.loads(text)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise BundleError(f"bundle file {uri} is not valid JSON: {err}") from None
+        raise BundleError(f"bundle file {shown(uri)} is not valid JSON: {err}") from None
     try:
         return Bundle.model_validate(data)
     except pydantic.ValidationError as err:
-        raise BundleError(f"bundle file {uri} is invalid: {_first_problem(err)}") from None
+        raise BundleError(f"bundle file {shown(uri)} is invalid: {_first_problem(err)}") from None
 
 
 def _first_problem(err: pydantic.ValidationError) -> str:

@@ -46,7 +46,14 @@ def _raise_interrupted(signum: int, frame: FrameType | None) -> None:
 )
 def main(log_level: str) -> None:
     """quanta-pilot: run bundles of LSST Gen3 quanta in-process and stage them to the DBB."""
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # The console shows --log-level; the loggers themselves stay at INFO or below so that
+    # task logs (the <label>_log datasets) capture what `pipetask` captures.
+    console = logging.StreamHandler()
+    console.setLevel(log_level.upper())
+    console.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(console)
+    root.setLevel(min(logging.INFO, logging.getLevelName(log_level.upper())))
     if log_level.upper() != "DEBUG":
         # pipe_base warns on every import without EUPS; it is not news to an operator.
         logging.getLogger("lsst.utils.packages").setLevel(logging.ERROR)

@@ -42,11 +42,14 @@ def execute_quanta(
     activator: Activator,
     *,
     fail_fast: bool = False,
+    unavailable: Mapping[uuid.UUID, str] | None = None,
 ) -> list[QuantumResult]:
     """Run ``order`` through ``activator``; return one result per quantum, in that order.
 
     A quantum whose task raises is ``failed``; its in-bundle descendants are
     ``blocked`` and not attempted; everything else still runs (unless ``fail_fast``).
+    Quanta in ``unavailable`` (an input that another bundle failed to produce) are
+    ``blocked`` with the given reason, and so are their descendants.
     An `InterruptedRun` (from a signal handler) stops the loop: the current and
     remaining quanta are ``not_run`` with an ``interrupted`` caveat, and the results
     of finished quanta are returned so they can still be staged out.
@@ -70,6 +73,12 @@ def execute_quanta(
         if quantum_id in blocked_by:
             result.status = "blocked"
             result.blocked_by = blocked_by[quantum_id]
+            continue
+        if unavailable and quantum_id in unavailable:
+            result.status = "blocked"
+            result.caveat = unavailable[quantum_id]
+            for descendant in networkx.descendants(xgraph, quantum_id):
+                blocked_by.setdefault(descendant, quantum_id)
             continue
         try:
             _run_one(qg, quanta[quantum_id], quantum_id, activator, result)
@@ -122,3 +131,15 @@ def _run_one(
 def _cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
+
+
+def consumers_of(quanta: Mapping[uuid.UUID, Quantum], dataset_ids: set[uuid.UUID]) -> dict[uuid.UUID, str]:
+    """Map each quantum consuming one of ``dataset_ids`` to a reason naming the missing input."""
+    reasons: dict[uuid.UUID, str] = {}
+    for quantum_id, quantum in quanta.items():
+        for refs in quantum.inputs.values():
+            for ref in refs:
+                if ref.id in dataset_ids and quantum_id not in reasons:
+                    name = f"{ref.datasetType.name}@{ref.dataId.required}"
+                    reasons[quantum_id] = f"input {name} was not produced by its upstream bundle"
+    return reasons

@@ -14,6 +14,7 @@ from stagers.registry import stager_for
 
 from .dbb_init import open_dbb
 from .errors import DBBError
+from .mock_storage import register_mock_storage_classes
 from .stage_out import MANIFEST_NAME, Manifest, read_manifest
 
 _LOG = logging.getLogger(__name__)
@@ -82,7 +83,11 @@ def _ingest_one(butler: Butler, bundle_dir: ResourcePath, manifest: Manifest) ->
     if manifest.zip is not None:
         zip_uri = bundle_dir.join(manifest.zip)
         try:
-            refs = ZipIndex.from_zip_file(zip_uri).refs.to_refs(universe=butler.dimensions)
+            index = ZipIndex.from_zip_file(zip_uri)
+            register_mock_storage_classes(
+                dt.storageClass for dt in index.refs.dataset_types.values() if dt.storageClass
+            )
+            refs = index.refs.to_refs(universe=butler.dimensions)
             present = sum(1 for ref in refs if butler.get_dataset(ref.id) is not None)
             new = len(refs) - present
             if new:

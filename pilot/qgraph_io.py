@@ -18,6 +18,7 @@ from lsst.pipe.base.quantum_graph import PredictedQuantumGraph, PredictedQuantum
 from lsst.resources import ResourcePath
 
 from .errors import BundleError
+from .uri_display import shown
 
 _LOG = logging.getLogger(__name__)
 
@@ -36,7 +37,7 @@ def read_full_graph(uri: ResourcePath) -> PredictedQuantumGraphComponents:
             reader.read_all()
         return reader.components
     except Exception as err:
-        raise BundleError(f"cannot read quantum graph {uri}: {type(err).__name__}: {err}") from None
+        raise BundleError(f"cannot read quantum graph {shown(uri)}: {type(err).__name__}: {err}") from None
 
 
 def write_bundle_graph(
@@ -79,7 +80,7 @@ def load_bundle_graph(uri: ResourcePath, quantum_ids: Collection[uuid.UUID]) -> 
             missing = [str(qid) for qid in quantum_ids if qid not in in_graph]
             if missing:
                 more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-                raise BundleError(f"quantum ID {missing[0]}{more} is not in quantum graph {uri}")
+                raise BundleError(f"quantum ID {missing[0]}{more} is not in quantum graph {shown(uri)}")
             whole = len(in_graph) == len(set(quantum_ids))
             try:
                 reader.read_execution_quanta(None if whole else quantum_ids)
@@ -90,15 +91,15 @@ def load_bundle_graph(uri: ResourcePath, quantum_ids: Collection[uuid.UUID]) -> 
     except BundleError:
         raise
     except Exception as err:
-        raise BundleError(f"cannot read quantum graph {uri}: {type(err).__name__}: {err}") from None
+        raise BundleError(f"cannot read quantum graph {shown(uri)}: {type(err).__name__}: {err}") from None
 
 
 def _require_graph_file(uri: ResourcePath) -> None:
     if uri.getExtension() != ".qg":
-        raise BundleError(f"quantum graph {uri} must be a '.qg' file")
+        raise BundleError(f"quantum graph {shown(uri)} must be a '.qg' file")
     try:
         exists = uri.exists()
     except Exception as err:
-        raise BundleError(f"cannot reach quantum graph {uri}: {err}") from None
+        raise BundleError(f"cannot reach quantum graph {shown(uri)}: {err}") from None
     if not exists:
-        raise BundleError(f"quantum graph file {uri} does not exist")
+        raise BundleError(f"quantum graph file {shown(uri)} does not exist")

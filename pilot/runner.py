@@ -15,12 +15,13 @@ from activators.registry import activator_class
 
 from .bundle_model import load_bundle
 from .errors import BundleError, PilotError
-from .execution import execute_quanta, execution_order
+from .execution import consumers_of, execute_quanta, execution_order
 from .exit_codes import ExitCode
 from .qgraph_io import load_bundle_graph
 from .report import BundleReport, count_statuses, environment, now
 from .stage_in import input_files, stage_in
 from .stage_out import produced_refs, stage_out
+from .upstream_inputs import fetch_upstream, upstream_refs
 from .workspace import Workspace, read_dbb_datastore
 
 _LOG = logging.getLogger(__name__)
@@ -66,8 +67,15 @@ def run_bundle(bundle_path: str | Path, workspace_dir: Path | None = None) -> Ru
     workspace = Workspace.choose(workspace_dir, bundle.bundle_id)
     local_repo = workspace.write_local_repo_config(dbb)
     quanta = qg.build_execution_quanta(bundle.quantum_ids)
-    stage_in_stats = stage_in(
-        input_files(quanta, dbb.name), dbb, workspace.repo, verify=bundle.staging.verify_checksums
+    recorded = input_files(quanta, dbb.name)
+    stage_in_stats = stage_in(recorded, dbb, workspace.repo, verify=bundle.staging.verify_checksums)
+    missing_upstream = fetch_upstream(
+        upstream_refs(quanta, bundle.dbb.output_run, recorded),
+        bundle.depends_on,
+        bundle.dbb.staging_uri(),
+        workspace,
+        qg,
+        stage_in_stats,
     )
     dataset_types = {d.name: d.dataset_type for d in qg.pipeline_graph.dataset_types.values()}
     activator = cls(
@@ -85,6 +93,7 @@ def run_bundle(bundle_path: str | Path, workspace_dir: Path | None = None) -> Ru
             execution_order(qg, bundle.quantum_ids),
             activator,
             fail_fast=bundle.execution.fail_fast,
+            unavailable=consumers_of(quanta, missing_upstream),
         )
     finally:
         activator.close()

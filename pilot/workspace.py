@@ -11,6 +11,7 @@ from lsst.daf.butler import Config
 from lsst.resources import ResourcePath
 
 from .errors import BundleError, StageInError
+from .uri_display import shown
 
 BUTLER_ROOT_TOKEN = "<butlerRoot>"
 
@@ -40,12 +41,12 @@ def read_dbb_datastore(repo: str) -> DBBDatastore:
         config = Config(config_uri)
     except Exception as err:
         raise StageInError(
-            f"cannot read DBB configuration {config_uri}: {type(err).__name__}: {err}"
+            f"cannot read DBB configuration {shown(config_uri)}: {type(err).__name__}: {err}"
         ) from None
     datastore = config.get("datastore")
     if datastore is None or "FileDatastore" not in str(datastore.get("cls", "")):
         raise BundleError(
-            f"DBB {config_uri} does not use a FileDatastore; other datastores are not supported"
+            f"DBB {shown(config_uri)} does not use a FileDatastore; other datastores are not supported"
         )
     raw_root = str(datastore.get("root", BUTLER_ROOT_TOKEN))
     name = str(datastore.get("name", f"FileDatastore@{raw_root}"))

@@ -1,0 +1,28 @@
+"""``pilot demo``: the whole main job on its embedded default, twice in the same directory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from conftest import pilot
+from lsst.daf.butler import Butler
+
+
+def test_demo_runs_twice(tmp_path: Path) -> None:
+    first = pilot("demo", tmp_path / "demo", "--detectors", "20", "--sleep", "0")
+    assert first.returncode == 0, first.stderr
+    assert "every quantum succeeded" in first.stdout
+    assert "60 quanta" in first.stdout
+    total = [line.split() for line in first.stdout.splitlines() if line.startswith("TOTAL")]
+    assert total == [["TOTAL", "60", "0", "0", "0"]]
+    assert "184 datasets registered" in first.stdout  # 60 x 3 + 3 configs + packages
+
+    second = pilot("demo", tmp_path / "demo", "--detectors", "20", "--sleep", "0")
+    assert second.returncode == 0, second.stderr
+    assert "already ingested" in second.stdout  # the first run's bundles are not ingested again
+    with Butler.from_config(str(tmp_path / "demo" / "dbb")) as butler:
+        runs = sorted(butler.collections.query("demo/run*"))
+        assert len(runs) == 2
+        for run in runs:
+            assert len(butler.query_all_datasets(run, limit=None)) == 184
+        assert butler.collections.get_info("demo").children[:1] == (runs[1],)
