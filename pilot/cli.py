@@ -7,13 +7,13 @@ import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from types import FrameType
 from typing import NoReturn
 
 import click
 
-from .errors import InterruptedRun, PilotError
+from .errors import PilotError
 from .exit_codes import MEANINGS, ExitCode
+from .interruption import stop_on_signals
 
 EXIT_CODE_HELP = "\b\nExit codes:\n" + "\n".join(
     f"  {int(code):>3}  {text}" for code, text in MEANINGS.items()
@@ -30,10 +30,6 @@ def _guarded[T](action: Callable[[], T]) -> T:
         return action()
     except PilotError as err:
         _fail(err)
-
-
-def _raise_interrupted(signum: int, frame: FrameType | None) -> None:
-    raise InterruptedRun(f"received {signal.Signals(signum).name}")
 
 
 @click.group(epilog=EXIT_CODE_HELP)
@@ -92,11 +88,8 @@ def run(bundle_file: str, workspace: Path | None) -> None:
     from .report import format_task_table
     from .runner import run_bundle
 
-    previous = signal.signal(signal.SIGTERM, _raise_interrupted)
-    try:
-        outcome = _guarded(lambda: run_bundle(bundle_file, workspace))
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    with stop_on_signals(signal.SIGTERM, signal.SIGINT) as stop:
+        outcome = _guarded(lambda: run_bundle(bundle_file, workspace, stop))
     report = outcome.report
     click.echo(f"bundle {report.bundle_id}: {report.status} in {report.wall_seconds:.1f} s")
     click.echo(format_task_table(report.tasks))

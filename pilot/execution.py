@@ -15,6 +15,7 @@ from lsst.pipe.base.quantum_graph import PredictedQuantumGraph
 from activators.base import Activator
 
 from .errors import InterruptedRun
+from .interruption import StopRequest
 from .report import QuantumResult, now
 
 _LOG = logging.getLogger(__name__)
@@ -43,6 +44,7 @@ def execute_quanta(
     *,
     fail_fast: bool = False,
     unavailable: Mapping[uuid.UUID, str] | None = None,
+    stop: StopRequest | None = None,
 ) -> list[QuantumResult]:
     """Run ``order`` through ``activator``; return one result per quantum, in that order.
 
@@ -50,15 +52,18 @@ def execute_quanta(
     ``blocked`` and not attempted; everything else still runs (unless ``fail_fast``).
     Quanta in ``unavailable`` (an input that another bundle failed to produce) are
     ``blocked`` with the given reason, and so are their descendants.
-    An `InterruptedRun` (from a signal handler) stops the loop: the current and
-    remaining quanta are ``not_run`` with an ``interrupted`` caveat, and the results
-    of finished quanta are returned so they can still be staged out.
+    A ``stop`` request (from a signal) ends the loop: the running quantum is
+    abandoned, it and the remaining quanta are ``not_run`` with an ``interrupted``
+    caveat, and the results of finished quanta are returned to be staged out.
     """
     xgraph = qg.quantum_only_xgraph
     results: dict[uuid.UUID, QuantumResult] = {}
     blocked_by: dict[uuid.UUID, uuid.UUID] = {}
+    stop = stop if stop is not None else StopRequest()
     stop_reason: str | None = None
     for quantum_id in order:
+        if stop_reason is None and stop.reason is not None:
+            stop_reason = f"interrupted: {stop.reason}"
         node = xgraph.nodes[quantum_id]
         result = QuantumResult(
             quantum_id=quantum_id,
@@ -81,7 +86,7 @@ def execute_quanta(
                 blocked_by.setdefault(descendant, quantum_id)
             continue
         try:
-            _run_one(qg, quanta[quantum_id], quantum_id, activator, result)
+            _run_one(qg, quanta[quantum_id], quantum_id, activator, result, stop)
         except InterruptedRun as err:
             result.status = "not_run"
             result.caveat = f"interrupted: {err}"
@@ -101,13 +106,15 @@ def _run_one(
     quantum_id: uuid.UUID,
     activator: Activator,
     result: QuantumResult,
+    stop: StopRequest,
 ) -> None:
     task_node = qg.pipeline_graph.tasks[result.task_label]
     result.started_at = now()
     wall0 = time.perf_counter()
     cpu0 = _cpu_seconds()
     try:
-        outcome = activator.execute(task_node, quantum, quantum_id)
+        with stop.task_running():
+            outcome = activator.execute(task_node, quantum, quantum_id)
     except InterruptedRun:
         raise
     except Exception as err:

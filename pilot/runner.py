@@ -17,6 +17,7 @@ from .bundle_model import load_bundle
 from .errors import BundleError, PilotError
 from .execution import consumers_of, execute_quanta, execution_order
 from .exit_codes import ExitCode
+from .interruption import StopRequest
 from .qgraph_io import load_bundle_graph
 from .report import BundleReport, count_statuses, environment, now
 from .stage_in import input_files, stage_in
@@ -39,7 +40,9 @@ class RunOutcome:
         return ExitCode(self.report.exit_code)
 
 
-def run_bundle(bundle_path: str | Path, workspace_dir: Path | None = None) -> RunOutcome:
+def run_bundle(
+    bundle_path: str | Path, workspace_dir: Path | None = None, stop: StopRequest | None = None
+) -> RunOutcome:
     """Validate, stage in, execute, stage out and report one bundle.
 
     Raises
@@ -94,6 +97,7 @@ def run_bundle(bundle_path: str | Path, workspace_dir: Path | None = None) -> Ru
             activator,
             fail_fast=bundle.execution.fail_fast,
             unavailable=consumers_of(quanta, missing_upstream),
+            stop=stop,
         )
     finally:
         activator.close()
