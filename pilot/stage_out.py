@@ -23,7 +23,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import pydantic
-from lsst.daf.butler import DatasetRef, Quantum, QuantumBackedButler
+from lsst.daf.butler import DatasetRef, Quantum
 from lsst.pipe.base.quantum_graph import PredictedQuantumGraph
 from lsst.resources import ResourcePath
 
@@ -31,6 +31,7 @@ from stagers.base import Stager, TransferError
 from stagers.registry import stager_for
 
 from .errors import StageOutError
+from .local_butler import workspace_butler
 from .report import QuantumResult, StageOutRecord, TransferStats, now
 
 _LOG = logging.getLogger(__name__)
@@ -80,25 +81,12 @@ def produced_refs(
                 wanted[ref.id] = ref.overrideStorageClass(registry_type.storageClass_name)
     if not wanted:
         return []
-    qbb = _local_butler(qg, local_repo, wanted.keys())
+    qbb = workspace_butler(qg, local_repo, outputs=wanted.keys())
     try:
         stored = qbb.stored_many(wanted.values())
     finally:
         qbb.close()
     return [ref for ref, present in stored.items() if present]
-
-
-def _local_butler(
-    qg: PredictedQuantumGraph, local_repo: str, ids: Iterable[uuid.UUID]
-) -> QuantumBackedButler:
-    return QuantumBackedButler.from_predicted(
-        config=local_repo,
-        predicted_inputs=[],
-        predicted_outputs=list(ids),
-        dimensions=qg.pipeline_graph.universe,
-        datastore_records={},
-        dataset_types={d.name: d.dataset_type for d in qg.pipeline_graph.dataset_types.values()},
-    )
 
 
 def stage_out(
@@ -125,7 +113,7 @@ def stage_out(
     work_dir.mkdir(parents=True, exist_ok=True)
     zip_path: ResourcePath | None = None
     if refs:
-        qbb = _local_butler(qg, local_repo, (ref.id for ref in refs))
+        qbb = workspace_butler(qg, local_repo, outputs=(ref.id for ref in refs))
         try:
             zip_path = qbb.retrieve_artifacts_zip(refs, ResourcePath(work_dir, forceDirectory=True))
         except Exception as err:

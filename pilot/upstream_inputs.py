@@ -24,6 +24,7 @@ from stagers.base import TransferError
 from stagers.registry import stager_for
 
 from .errors import StageInError
+from .local_butler import workspace_butler
 from .report import TransferStats
 from .stage_in import InputFile
 from .stage_out import MANIFEST_NAME, read_manifest
@@ -69,14 +70,7 @@ def fetch_upstream(
         return set()
     start = time.perf_counter()
     remaining = dict(needed)
-    qbb = QuantumBackedButler.from_predicted(
-        config=str(workspace.repo),
-        predicted_inputs=list(needed),
-        predicted_outputs=[],
-        dimensions=qg.pipeline_graph.universe,
-        datastore_records={},
-        dataset_types={d.name: d.dataset_type for d in qg.pipeline_graph.dataset_types.values()},
-    )
+    qbb = workspace_butler(qg, str(workspace.repo), inputs=needed)
     try:
         for upstream in depends_on:
             if not remaining:
