@@ -7,7 +7,7 @@ import uuid
 from abc import ABC, abstractmethod
 from typing import ClassVar
 
-from lsst.daf.butler import DatasetType, DimensionUniverse, Quantum
+from lsst.daf.butler import LimitedButler, Quantum
 from lsst.pipe.base.pipeline_graph import TaskNode
 
 
@@ -15,12 +15,14 @@ from lsst.pipe.base.pipeline_graph import TaskNode
 class ActivatorContext:
     """What every activator is given once per bundle."""
 
-    local_repo: str
-    """Butler config (datastore only) of the workspace's local datastore."""
+    butler: LimitedButler
+    """The bundle's butler: reads inputs (intermediates from memory) and persists outputs
+    to the workspace datastore."""
 
-    universe: DimensionUniverse
-    dataset_types: dict[str, DatasetType]
     raise_on_partial_outputs: bool = True
+
+    fresh_workspace: bool = False
+    """Nothing was ever written in this workspace, so no quantum's outputs can exist yet."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,7 +37,7 @@ class ActivatorOutcome:
 
 
 class Activator(ABC):
-    """Runs one quantum, reading inputs from and writing outputs to the local datastore.
+    """Runs one quantum, reading inputs from and writing outputs through the bundle's butler.
 
     ``execute`` raises whatever the task raised if the quantum failed; the caller
     records the failure and blocks the quantum's descendants.

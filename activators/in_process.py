@@ -1,11 +1,11 @@
-"""Run quanta in the pilot's own process with pipe_base's `SingleQuantumExecutor`."""
+"""Run quanta in the current process with pipe_base's `SingleQuantumExecutor`."""
 
 from __future__ import annotations
 
 import uuid
 from typing import ClassVar
 
-from lsst.daf.butler import LimitedButler, Quantum, QuantumBackedButler
+from lsst.daf.butler import Quantum
 from lsst.pipe.base.pipeline_graph import TaskNode
 from lsst.pipe.base.single_quantum_executor import SingleQuantumExecutor
 
@@ -13,10 +13,10 @@ from .base import Activator, ActivatorContext, ActivatorOutcome
 
 
 class InProcessActivator(Activator):
-    """Executes each quantum against a quantum-backed butler over the workspace datastore.
+    """Executes each quantum with one `SingleQuantumExecutor` reused across the bundle.
 
-    Task logs and metadata datasets are written by `SingleQuantumExecutor`, exactly
-    as ``pipetask run-qbb`` writes them.
+    Task logs and metadata datasets are written by `SingleQuantumExecutor`, as
+    ``pipetask run-qbb`` writes them.
     """
 
     name: ClassVar[str] = "in-process"
@@ -24,18 +24,13 @@ class InProcessActivator(Activator):
     def __init__(self, context: ActivatorContext) -> None:
         super().__init__(context)
         self._executor = SingleQuantumExecutor(
-            limited_butler_factory=self._make_butler,
-            skip_existing=True,
+            butler=context.butler,
+            # A rerun in the same workspace skips quanta whose outputs are all there;
+            # in a fresh workspace the per-output existence checks are skipped.
+            skip_existing=not context.fresh_workspace,
+            assume_no_existing_outputs=context.fresh_workspace,
             clobber_outputs=True,
             raise_on_partial_outputs=context.raise_on_partial_outputs,
-        )
-
-    def _make_butler(self, quantum: Quantum) -> LimitedButler:
-        return QuantumBackedButler.initialize(
-            config=self.context.local_repo,
-            quantum=quantum,
-            dimensions=self.context.universe,
-            dataset_types=self.context.dataset_types,
         )
 
     def execute(self, task_node: TaskNode, quantum: Quantum, quantum_id: uuid.UUID) -> ActivatorOutcome:

@@ -47,7 +47,20 @@ class ExecutionSpec(_Strict):
     """How to execute the bundle's quanta."""
 
     activator: str = pydantic.Field(default="in-process", description="Activator plugin name.")
-    processes: int = pydantic.Field(default=1, ge=1, description="Worker processes (1 = in the pilot).")
+    processes: int | None = pydantic.Field(
+        default=None,
+        ge=0,
+        description="Warm worker processes; default the slot's cores; 0 runs in the pilot.",
+    )
+    memory_per_worker: str | None = pydantic.Field(
+        default=None,
+        pattern=r"^[0-9]+(\.[0-9]+)?\s*[KMGT]i?B?$",
+        description="RSS budget of each worker (e.g. '2GiB'); a quantum exceeding it fails as 'memory'.",
+    )
+    transient_dataset_types: list[str] = pydantic.Field(
+        default_factory=list,
+        description="Dataset types handed on in memory and never written (nor staged out).",
+    )
     fail_fast: bool = pydantic.Field(default=False, description="Stop at the first failed quantum.")
     raise_on_partial_outputs: bool = pydantic.Field(
         default=True, description="Treat a task's partial outputs as a failure of its quantum."

@@ -14,6 +14,7 @@ import click
 from .errors import PilotError
 from .exit_codes import MEANINGS, ExitCode
 from .interruption import stop_on_signals
+from .log_setup import configure_logging
 
 EXIT_CODE_HELP = "\b\nExit codes:\n" + "\n".join(
     f"  {int(code):>3}  {text}" for code, text in MEANINGS.items()
@@ -42,17 +43,7 @@ def _guarded[T](action: Callable[[], T]) -> T:
 )
 def main(log_level: str) -> None:
     """quanta-pilot: run bundles of LSST Gen3 quanta in-process and stage them to the DBB."""
-    # The console shows --log-level; the loggers themselves stay at INFO or below so that
-    # task logs (the <label>_log datasets) capture what `pipetask` captures.
-    console = logging.StreamHandler()
-    console.setLevel(log_level.upper())
-    console.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger()
-    root.addHandler(console)
-    root.setLevel(min(logging.INFO, logging.getLevelName(log_level.upper())))
-    if log_level.upper() != "DEBUG":
-        # pipe_base warns on every import without EUPS; it is not news to an operator.
-        logging.getLogger("lsst.utils.packages").setLevel(logging.ERROR)
+    configure_logging(logging.getLevelName(log_level.upper()))
 
 
 @main.command(epilog=EXIT_CODE_HELP)
@@ -83,15 +74,48 @@ def bundle(qgraph: str, repo: str, out_dir: Path, max_quanta: int | None, stagin
     default=None,
     help="Scratch directory (default: $_CONDOR_SCRATCH_DIR/pilot-<bundle>, else a new temporary directory).",
 )
-def run(bundle_file: str, workspace: Path | None) -> None:
+@click.option(
+    "--processes",
+    type=click.IntRange(0),
+    default=None,
+    help="Warm worker processes (default: the bundle's setting, else the slot's cores); 0 runs in the pilot.",
+)
+@click.option(
+    "--memory-per-worker",
+    default=None,
+    help="RSS budget per worker, e.g. 2GiB; a quantum exceeding it fails as 'memory'.",
+)
+@click.option(
+    "--grace",
+    type=click.FloatRange(0),
+    default=60.0,
+    show_default=True,
+    help="Seconds running quanta get to finish after SIGTERM/SIGINT.",
+)
+def run(
+    bundle_file: str,
+    workspace: Path | None,
+    processes: int | None,
+    memory_per_worker: str | None,
+    grace: float,
+) -> None:
     """Execute BUNDLE locally (no scheduler): stage in, run, stage out, write report.json."""
+    from .bundle_model import load_bundle
     from .report import format_task_table
     from .runner import run_bundle
+    from .worker_pool import pool_for
 
-    with stop_on_signals(signal.SIGTERM, signal.SIGINT) as stop:
-        outcome = _guarded(lambda: run_bundle(bundle_file, workspace, stop))
+    bundle = _guarded(lambda: load_bundle(bundle_file))
+    pool = _guarded(lambda: pool_for(bundle.execution, processes, memory_per_worker))
+    try:
+        with stop_on_signals(signal.SIGTERM, signal.SIGINT) as stop:
+            outcome = _guarded(lambda: run_bundle(bundle_file, workspace, pool=pool, stop=stop, grace=grace))
+    finally:
+        if pool is not None:
+            pool.close()
     report = outcome.report
-    click.echo(f"bundle {report.bundle_id}: {report.status} in {report.wall_seconds:.1f} s")
+    where = f"{report.processes} workers" if report.processes else "in-process"
+    click.echo(f"bundle {report.bundle_id}: {report.status} in {report.wall_seconds:.1f} s ({where})")
     click.echo(format_task_table(report.tasks))
     if report.stage_out is not None:
         click.echo(f"staged {report.stage_out.n_datasets} datasets: {report.stage_out.manifest}")
@@ -127,12 +151,21 @@ def ingest(repo: str, staging: str | None) -> None:
 @click.option(
     "--max-quanta", type=click.IntRange(1), default=12, show_default=True, help="Quanta per bundle."
 )
-def demo(directory: Path, detectors: int, sleep: float, max_quanta: int) -> None:
+@click.option(
+    "--processes", type=click.IntRange(0), default=None, help="Warm workers (default: the slot's cores)."
+)
+def demo(directory: Path, detectors: int, sleep: float, max_quanta: int, processes: int | None) -> None:
     """Build a demo DBB and pipeline in DIRECTORY, run every bundle, ingest, and report."""
     from .demo import run_demo
     from .report import count_statuses, format_task_table
+    from .slot import available_cores
 
-    result = _guarded(lambda: run_demo(directory, n_detectors=detectors, sleep=sleep, max_quanta=max_quanta))
+    workers = available_cores() if processes is None else processes
+    result = _guarded(
+        lambda: run_demo(
+            directory, n_detectors=detectors, sleep=sleep, max_quanta=max_quanta, processes=workers
+        )
+    )
     all_results = [q for outcome in result.runs for q in outcome.report.quanta]
     counts, tasks = count_statuses(all_results)
     click.echo(f"DBB: {directory.absolute() / 'dbb'}   run: {result.output_run}")

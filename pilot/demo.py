@@ -17,6 +17,7 @@ from .bundling import make_bundles
 from .ingest import BundleIngest, ingest_committed
 from .report import now
 from .runner import RunOutcome, run_bundle
+from .worker_pool import WorkerPool
 
 _LOG = logging.getLogger(__name__)
 
@@ -94,9 +95,12 @@ def build_quantum_graph(repo: Path, output_run: str, qgraph: Path, sleep: float)
 
 
 def run_demo(
-    directory: Path, *, n_detectors: int = 24, sleep: float = 0.02, max_quanta: int = 12
+    directory: Path, *, n_detectors: int = 24, sleep: float = 0.02, max_quanta: int = 12, processes: int = 2
 ) -> DemoResult:
-    """Run the whole demo in ``directory``; safe to run again (each run gets a new RUN collection)."""
+    """Run the whole demo in ``directory``; safe to run again (each run gets a new RUN collection).
+
+    The bundles share one warm pool of ``processes`` workers, as in a glidein.
+    """
     directory = directory.absolute()
     repo = directory / "dbb"
     if not (repo / "butler.yaml").exists():
@@ -109,7 +113,14 @@ def run_demo(
     bundles = make_bundles(
         str(qgraph), str(repo), directory / "bundles" / f"run{stamp}", max_quanta=max_quanta
     )
-    runs = [run_bundle(path, directory / "workspaces" / path.stem) for path in bundles]
+    pool = WorkerPool(processes, None) if processes > 0 else None
+    try:
+        if pool is not None:
+            pool.start()
+        runs = [run_bundle(path, directory / "workspaces" / path.stem, pool=pool) for path in bundles]
+    finally:
+        if pool is not None:
+            pool.close()
     ingested = ingest_committed(str(repo))
     with Butler.from_config(str(repo)) as butler:
         n_datasets = len(butler.query_all_datasets(output_run, limit=None))

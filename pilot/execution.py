@@ -1,30 +1,55 @@
-"""Execute a bundle's quanta in dependency order; a failure blocks only its descendants."""
+"""Execute a bundle's quanta: depth-first, chain after chain, on warm workers.
+
+With a `WorkerPool`, each worker opens the bundle once and runs whole chains, the
+next link of a chain going to the worker that holds its inputs in memory.  A task
+that raises fails its quantum; a worker that dies (signal, segfault, memory limit)
+fails only the quantum it was running and is replaced.  Either way the quantum's
+descendants are ``blocked`` and everything else runs.  Without a pool
+(``--processes 0``) the same session runs in the pilot's own process.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-import resource
 import time
 import uuid
 from collections.abc import Iterable, Mapping
 
 import networkx
 from lsst.daf.butler import Quantum
+from lsst.daf.butler.datastore.record_data import DatastoreRecordData, SerializedDatastoreRecordData
 from lsst.pipe.base.quantum_graph import PredictedQuantumGraph
 
-from activators.base import Activator
-
-from .errors import InterruptedRun
+from .bundle_session import BundleSession, SessionSpec
+from .chaining_butler import IoCounts
+from .dispatch import DepthFirstDispatcher, sticky_groups
+from .errors import BundleError, InterruptedRun
 from .interruption import StopRequest
-from .report import QuantumResult, now
+from .report import QuantumResult
+from .worker import CloseBundle, Closed, OpenBundle, Opened, QuantumDone, RunQuantum
+from .worker_pool import WorkerDied, WorkerHandle, WorkerPool
 
 _LOG = logging.getLogger(__name__)
+
+POLL_SECONDS = 0.05
+
+
+@dataclasses.dataclass
+class ExecutionOutcome:
+    """Per-quantum results (in planned order) and the bundle's I/O counts."""
+
+    results: list[QuantumResult]
+    io: IoCounts
+    records: dict[str, DatastoreRecordData]
+    """Datastore records of every dataset written to the workspace."""
+    workers_replaced: int = 0
 
 
 def execution_order(qg: PredictedQuantumGraph, quantum_ids: Iterable[uuid.UUID]) -> list[uuid.UUID]:
     """Return the bundle's quanta depth-first: each chain's quanta back to back.
 
-    Chains (weakly connected components of the bundle's subgraph) are run one after
+    Chains (weakly connected components of the bundle's subgraph) come one after
     another; within a chain, a deterministic topological order.
     """
     subgraph = qg.quantum_only_xgraph.subgraph(quantum_ids)
@@ -34,110 +59,6 @@ def execution_order(qg: PredictedQuantumGraph, quantum_ids: Iterable[uuid.UUID])
     for chain in chains:
         order.extend(sorted(chain, key=position.__getitem__))
     return order
-
-
-def execute_quanta(
-    qg: PredictedQuantumGraph,
-    quanta: Mapping[uuid.UUID, Quantum],
-    order: list[uuid.UUID],
-    activator: Activator,
-    *,
-    fail_fast: bool = False,
-    unavailable: Mapping[uuid.UUID, str] | None = None,
-    stop: StopRequest | None = None,
-) -> list[QuantumResult]:
-    """Run ``order`` through ``activator``; return one result per quantum, in that order.
-
-    A quantum whose task raises is ``failed``; its in-bundle descendants are
-    ``blocked`` and not attempted; everything else still runs (unless ``fail_fast``).
-    Quanta in ``unavailable`` (an input that another bundle failed to produce) are
-    ``blocked`` with the given reason, and so are their descendants.
-    A ``stop`` request (from a signal) ends the loop: the running quantum is
-    abandoned, it and the remaining quanta are ``not_run`` with an ``interrupted``
-    caveat, and the results of finished quanta are returned to be staged out.
-    """
-    xgraph = qg.quantum_only_xgraph
-    results: dict[uuid.UUID, QuantumResult] = {}
-    blocked_by: dict[uuid.UUID, uuid.UUID] = {}
-    stop = stop if stop is not None else StopRequest()
-    stop_reason: str | None = None
-    for quantum_id in order:
-        if stop_reason is None and stop.reason is not None:
-            stop_reason = f"interrupted: {stop.reason}"
-        node = xgraph.nodes[quantum_id]
-        result = QuantumResult(
-            quantum_id=quantum_id,
-            task_label=node["task_label"],
-            data_id=dict(node["data_id"].required),
-            status="not_run",
-        )
-        results[quantum_id] = result
-        if stop_reason is not None:
-            result.caveat = stop_reason
-            continue
-        if quantum_id in blocked_by:
-            result.status = "blocked"
-            result.blocked_by = blocked_by[quantum_id]
-            continue
-        if unavailable and quantum_id in unavailable:
-            result.status = "blocked"
-            result.caveat = unavailable[quantum_id]
-            for descendant in networkx.descendants(xgraph, quantum_id):
-                blocked_by.setdefault(descendant, quantum_id)
-            continue
-        try:
-            _run_one(qg, quanta[quantum_id], quantum_id, activator, result, stop)
-        except InterruptedRun as err:
-            result.status = "not_run"
-            result.caveat = f"interrupted: {err}"
-            stop_reason = result.caveat
-            continue
-        if result.status == "failed":
-            for descendant in networkx.descendants(xgraph, quantum_id):
-                blocked_by.setdefault(descendant, quantum_id)
-            if fail_fast:
-                stop_reason = f"fail-fast after {result.task_label} {result.data_id} failed"
-    return [results[q] for q in order]
-
-
-def _run_one(
-    qg: PredictedQuantumGraph,
-    quantum: Quantum,
-    quantum_id: uuid.UUID,
-    activator: Activator,
-    result: QuantumResult,
-    stop: StopRequest,
-) -> None:
-    task_node = qg.pipeline_graph.tasks[result.task_label]
-    result.started_at = now()
-    wall0 = time.perf_counter()
-    cpu0 = _cpu_seconds()
-    try:
-        with stop.task_running():
-            outcome = activator.execute(task_node, quantum, quantum_id)
-    except InterruptedRun:
-        raise
-    except Exception as err:
-        result.status = "failed"
-        result.exception_type = f"{type(err).__module__}.{type(err).__qualname__}"
-        result.exception_message = str(err)
-        _LOG.warning("%s %s failed: %s: %s", result.task_label, result.data_id, type(err).__name__, err)
-    else:
-        result.status = "succeeded"
-        if outcome.no_work:
-            result.caveat = "no work found"
-        elif outcome.already_done:
-            result.caveat = "outputs already in workspace"
-    finally:
-        result.wall_seconds = time.perf_counter() - wall0
-        result.cpu_seconds = _cpu_seconds() - cpu0
-        # Linux reports ru_maxrss in KiB; this is the pilot process's high-water mark.
-        result.max_rss_bytes = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
-def _cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
 
 
 def consumers_of(quanta: Mapping[uuid.UUID, Quantum], dataset_ids: set[uuid.UUID]) -> dict[uuid.UUID, str]:
@@ -150,3 +71,332 @@ def consumers_of(quanta: Mapping[uuid.UUID, Quantum], dataset_ids: set[uuid.UUID
                     name = f"{ref.datasetType.name}@{ref.dataId.required}"
                     reasons[quantum_id] = f"input {name} was not produced by its upstream bundle"
     return reasons
+
+
+class _Ledger:
+    """Results of a bundle's quanta as they come in, and the blocking they cause."""
+
+    def __init__(self, qg: PredictedQuantumGraph, order: list[uuid.UUID]) -> None:
+        self.order = order
+        self.results: dict[uuid.UUID, QuantumResult] = {}
+        for quantum_id in order:
+            node = qg.quantum_only_xgraph.nodes[quantum_id]
+            self.results[quantum_id] = QuantumResult(
+                quantum_id=quantum_id,
+                task_label=node["task_label"],
+                data_id=dict(node["data_id"].required),
+                status="not_run",
+            )
+
+    def block(self, quantum_ids: Iterable[uuid.UUID], cause: uuid.UUID, reason: str | None = None) -> None:
+        for quantum_id in quantum_ids:
+            result = self.results[quantum_id]
+            if result.status == "not_run" and result.started_at is None:
+                result.status = "blocked"
+                result.blocked_by = cause
+                result.caveat = reason
+
+    def unavailable(self, quantum_id: uuid.UUID, reason: str) -> None:
+        result = self.results[quantum_id]
+        result.status = "blocked"
+        result.caveat = reason
+
+    def mark_not_run(self, quantum_ids: Iterable[uuid.UUID], reason: str) -> None:
+        for quantum_id in quantum_ids:
+            result = self.results[quantum_id]
+            if result.status == "not_run":
+                result.caveat = reason
+
+    def ordered(self) -> list[QuantumResult]:
+        return [self.results[q] for q in self.order]
+
+
+def execute_bundle(
+    qg: PredictedQuantumGraph,
+    spec: SessionSpec,
+    order: list[uuid.UUID],
+    *,
+    pool: WorkerPool | None,
+    fail_fast: bool = False,
+    unavailable: Mapping[uuid.UUID, str] | None = None,
+    stop: StopRequest | None = None,
+    grace: float = 60.0,
+) -> ExecutionOutcome:
+    """Run ``order`` and return one result per quantum, in that order.
+
+    ``unavailable`` quanta (an input another bundle failed to produce) are blocked
+    with the given reason, with their descendants.  A ``stop`` request ends
+    dispatching: running quanta get ``grace`` seconds (in-process: none) and are
+    then abandoned; they and the undispatched quanta are ``not_run``.
+    """
+    stop = stop if stop is not None else StopRequest()
+    if pool is None:
+        return _execute_in_process(qg, spec, order, fail_fast, unavailable or {}, stop)
+    return _PoolExecution(qg, spec, order, pool, fail_fast, unavailable or {}, stop, grace).run()
+
+
+def _execute_in_process(
+    qg: PredictedQuantumGraph,
+    spec: SessionSpec,
+    order: list[uuid.UUID],
+    fail_fast: bool,
+    unavailable: Mapping[uuid.UUID, str],
+    stop: StopRequest,
+) -> ExecutionOutcome:
+    session = BundleSession(spec, qg)
+    ledger = _Ledger(qg, order)
+    xgraph = qg.quantum_only_xgraph
+    stop_reason: str | None = None
+    try:
+        for quantum_id in order:
+            result = ledger.results[quantum_id]
+            if stop_reason is None and stop.reason is not None:
+                stop_reason = f"interrupted: {stop.reason}"
+            if stop_reason is not None:
+                ledger.mark_not_run([quantum_id], stop_reason)
+                continue
+            if result.status == "blocked":
+                continue
+            if quantum_id in unavailable:
+                ledger.unavailable(quantum_id, unavailable[quantum_id])
+                ledger.block(networkx.descendants(xgraph, quantum_id), quantum_id)
+                continue
+            try:
+                with stop.task_running():
+                    ledger.results[quantum_id] = result = session.run(quantum_id)
+            except InterruptedRun as err:
+                stop_reason = f"interrupted: {err}"
+                ledger.mark_not_run([quantum_id], stop_reason)
+                continue
+            if result.status == "failed":
+                ledger.block(networkx.descendants(xgraph, quantum_id), quantum_id)
+                if fail_fast:
+                    stop_reason = f"fail-fast after {result.task_label} {result.data_id} failed"
+        records = session.butler.persisted_records()
+        return ExecutionOutcome(ledger.ordered(), session.butler.io, records)
+    finally:
+        session.close()
+
+
+class _PoolExecution:
+    """The event loop that feeds a `WorkerPool` one bundle depth-first."""
+
+    def __init__(
+        self,
+        qg: PredictedQuantumGraph,
+        spec: SessionSpec,
+        order: list[uuid.UUID],
+        pool: WorkerPool,
+        fail_fast: bool,
+        unavailable: Mapping[uuid.UUID, str],
+        stop: StopRequest,
+        grace: float,
+    ) -> None:
+        self.qg = qg
+        self.spec = spec
+        self.pool = pool
+        self.fail_fast = fail_fast
+        self.stop = stop
+        self.grace = grace
+        self.ledger = _Ledger(qg, order)
+        self.xgraph = qg.quantum_only_xgraph.subgraph(order)
+        transient_edges = self._transient_edges(order)
+        self.sticky = sticky_groups(self.xgraph, transient_edges)
+        self.dispatcher = DepthFirstDispatcher(self.xgraph, order, self.sticky)
+        self.io = IoCounts()
+        self.records: list[dict[str, DatastoreRecordData]] = []
+        self.opened: set[int] = set()
+        self.recent: list[int] = []
+        self.holder: dict[uuid.UUID, int] = {}
+        self.pending_evictions: dict[int, set[uuid.UUID]] = {}
+        self.remaining_consumers = self._count_consumers(order)
+        self.stop_reason: str | None = None
+        self.stop_deadline: float | None = None
+        for quantum_id, reason in unavailable.items():
+            self.ledger.unavailable(quantum_id, reason)
+            self.ledger.block(self.dispatcher.failed(quantum_id), quantum_id)
+            self.dispatcher.block([quantum_id])
+
+    def _transient_edges(self, order: list[uuid.UUID]) -> list[tuple[uuid.UUID, uuid.UUID]]:
+        if not self.spec.transient:
+            return []
+        bipartite = self.qg.bipartite_xgraph
+        members = set(order)
+        edges: list[tuple[uuid.UUID, uuid.UUID]] = []
+        for producer in order:
+            for dataset_id in bipartite.successors(producer):
+                if bipartite.nodes[dataset_id]["dataset_type_name"] in self.spec.transient:
+                    edges.extend((producer, c) for c in bipartite.successors(dataset_id) if c in members)
+        return edges
+
+    def _count_consumers(self, order: list[uuid.UUID]) -> dict[uuid.UUID, int]:
+        bipartite = self.qg.bipartite_xgraph
+        members = set(order)
+        counts: dict[uuid.UUID, int] = {}
+        for producer in order:
+            for dataset_id in bipartite.successors(producer):
+                n = sum(1 for c in bipartite.successors(dataset_id) if c in members)
+                if n:
+                    counts[dataset_id] = n
+        return counts
+
+    # -- the loop ---------------------------------------------------------------
+
+    def run(self) -> ExecutionOutcome:
+        for worker in self.pool.workers:
+            self._open(worker)
+        while True:
+            self._check_stop()
+            self._dispatch()
+            busy = [w for w in self.pool.workers if w.busy is not None]
+            opening = [w for w in self.pool.workers if w.index not in self.opened]
+            if not busy and (not self.dispatcher.has_ready() or self.stop_reason is not None) and not opening:
+                break
+            for worker, event in self.pool.events(POLL_SECONDS):
+                self._handle(worker, event)
+        never = self.dispatcher.drain()
+        self.ledger.mark_not_run(never, self.stop_reason or "not run")
+        self._close_bundle()
+        records = DatastoreRecordData.merge_mappings(*self.records) if self.records else {}
+        return ExecutionOutcome(self.ledger.ordered(), self.io, records, self.pool.replaced)
+
+    def _open(self, worker: WorkerHandle) -> None:
+        if not self.pool.send(worker, OpenBundle(self.spec)):
+            _LOG.warning("Worker %d is gone before opening bundle %s.", worker.index, self.spec.key)
+
+    def _check_stop(self) -> None:
+        if self.stop.reason is not None and self.stop_reason is None:
+            self.stop_reason = f"interrupted: {self.stop.reason}"
+            self.stop_deadline = time.monotonic() + self.grace
+            _LOG.warning(
+                "Stopping bundle %s (%s); %.0f s grace for running quanta.",
+                self.spec.key,
+                self.stop.reason,
+                self.grace,
+            )
+        if self.stop_deadline is not None and time.monotonic() > self.stop_deadline:
+            self.pool.kill_busy(f"{self.stop_reason}; killed after the {self.grace:.0f} s grace period")
+            self.stop_deadline = None
+
+    def _dispatch(self) -> None:
+        if self.stop_reason is not None:
+            return
+        idle = [w for w in self.pool.workers if w.busy is None and w.index in self.opened]
+        idle.sort(key=lambda w: -self.recent.index(w.index) if w.index in self.recent else 1)
+        for worker in idle:
+            quantum_id = self.dispatcher.next_for(worker.index)
+            if quantum_id is None:
+                continue
+            evict = tuple(self.pending_evictions.pop(worker.index, ()))
+            worker.busy = (self.spec.key, quantum_id)
+            self.ledger.results[quantum_id].worker = worker.index
+            if not self.pool.send(worker, RunQuantum(self.spec.key, quantum_id, evict)):
+                _LOG.warning("Worker %d is gone; its death will be handled.", worker.index)
+
+    def _handle(self, worker: WorkerHandle, event: object) -> None:
+        match event:
+            case Opened(key, error) if key == self.spec.key:
+                if error is not None:
+                    raise BundleError(
+                        f"worker {worker.index} cannot open bundle {key}: {error.splitlines()[0]}"
+                    )
+                self.opened.add(worker.index)
+            case QuantumDone(key, result, held) if key == self.spec.key:
+                worker.busy = None
+                self._remember_recent(worker.index)
+                for dataset_id in held:
+                    self.holder.setdefault(dataset_id, worker.index)
+                self._finish(result)
+            case Closed(key, io, records):
+                self._closed(io, records)
+            case WorkerDied() as died:
+                self._worker_died(worker, died)
+
+    def _remember_recent(self, index: int) -> None:
+        if index in self.recent:
+            self.recent.remove(index)
+        self.recent.append(index)
+
+    def _finish(self, result: QuantumResult) -> None:
+        quantum_id = result.quantum_id
+        self.ledger.results[quantum_id] = result
+        if result.status == "succeeded":
+            self.dispatcher.succeeded(quantum_id)
+        else:
+            self.ledger.block(self.dispatcher.failed(quantum_id), quantum_id)
+            if self.fail_fast and self.stop_reason is None:
+                self.stop_reason = f"fail-fast after {result.task_label} {result.data_id} failed"
+        self._release_inputs(quantum_id)
+
+    def _release_inputs(self, quantum_id: uuid.UUID) -> None:
+        """Tell holders to drop intermediates whose consumers have all run."""
+        for dataset_id in self.qg.bipartite_xgraph.predecessors(quantum_id):
+            if dataset_id not in self.remaining_consumers:
+                continue
+            self.remaining_consumers[dataset_id] -= 1
+            if self.remaining_consumers[dataset_id] <= 0 and dataset_id in self.holder:
+                self.pending_evictions.setdefault(self.holder.pop(dataset_id), set()).add(dataset_id)
+
+    def _worker_died(self, worker: WorkerHandle, died: WorkerDied) -> None:
+        _LOG.warning("Worker %d died: %s", worker.index, died.reason)
+        running = worker.busy
+        worker.busy = None
+        self.opened.discard(worker.index)
+        self.pending_evictions.pop(worker.index, None)
+        lost = {d for d, w in self.holder.items() if w == worker.index}
+        for dataset_id in lost:
+            del self.holder[dataset_id]
+        if running is not None:
+            quantum_id = running[1]
+            result = self.ledger.results[quantum_id]
+            interrupted = self.stop_reason is not None and self.stop_reason.startswith("interrupted")
+            if interrupted and not died.memory:
+                result.status = "not_run"
+                result.caveat = died.reason
+            else:
+                result.status = "failed"
+                result.exception_type = "pilot.MemoryLimitExceeded" if died.memory else "pilot.WorkerDied"
+                result.exception_message = died.reason
+            self.ledger.block(self.dispatcher.failed(quantum_id), quantum_id)
+            self.dispatcher.block([quantum_id])
+        self._block_lost_transients(worker.index, lost)
+        fresh = self.pool.replace(worker)
+        if self.stop_reason is None or any(w.busy for w in self.pool.workers):
+            self._open(fresh)
+        else:
+            self.opened.add(fresh.index)
+
+    def _block_lost_transients(self, index: int, lost: set[uuid.UUID]) -> None:
+        """Quanta waiting for a transient dataset that died with its worker cannot run."""
+        if not self.spec.transient or not lost:
+            return
+        bipartite = self.qg.bipartite_xgraph
+        for dataset_id in lost:
+            if bipartite.nodes[dataset_id]["dataset_type_name"] not in self.spec.transient:
+                continue
+            producer = next(iter(bipartite.predecessors(dataset_id)))
+            for consumer in bipartite.successors(dataset_id):
+                if consumer in self.ledger.results and self.ledger.results[consumer].started_at is None:
+                    reason = f"transient input was lost when worker {index} died"
+                    self.ledger.block([consumer], producer, reason)
+                    self.ledger.block(self.dispatcher.failed(consumer), producer, reason)
+                    self.dispatcher.block([consumer])
+
+    def _closed(self, io: IoCounts, records: dict[str, SerializedDatastoreRecordData]) -> None:
+        self.io.add(io)
+        self.records.append({name: DatastoreRecordData.from_simple(data) for name, data in records.items()})
+
+    def _close_bundle(self) -> None:
+        waiting = set()
+        for worker in self.pool.workers:
+            if worker.index in self.opened and self.pool.send(worker, CloseBundle(self.spec.key)):
+                waiting.add(worker.index)
+        deadline = time.monotonic() + 60
+        while waiting and time.monotonic() < deadline:
+            for worker, event in self.pool.events(POLL_SECONDS):
+                if isinstance(event, Closed) and event.key == self.spec.key:
+                    self._closed(event.io, event.records)
+                    waiting.discard(worker.index)
+                elif isinstance(event, WorkerDied):
+                    waiting.discard(worker.index)
+                    self.pool.replace(worker)

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from lsst.daf.butler import QuantumBackedButler
+from lsst.daf.butler.datastore.record_data import DatastoreRecordData
 from lsst.pipe.base.quantum_graph import PredictedQuantumGraph
 
 
@@ -15,17 +16,18 @@ def workspace_butler(
     *,
     inputs: Iterable[uuid.UUID] = (),
     outputs: Iterable[uuid.UUID] = (),
+    records: Mapping[str, DatastoreRecordData] | None = None,
 ) -> QuantumBackedButler:
     """Return a QBB over the workspace datastore that may read ``inputs`` and write ``outputs``.
 
-    It reads in trust mode: a dataset's file is found at its templated location, so
-    no datastore records are needed for files the workspace holds.
+    With the ``records`` of the files the workspace holds, lookups are fast; without
+    them it reads in trust mode, finding each file at its templated location.
     """
     return QuantumBackedButler.from_predicted(
         config=local_repo,
         predicted_inputs=list(inputs),
         predicted_outputs=list(outputs),
         dimensions=qg.pipeline_graph.universe,
-        datastore_records={},
+        datastore_records=dict(records or {}),
         dataset_types={d.name: d.dataset_type for d in qg.pipeline_graph.dataset_types.values()},
     )

@@ -29,7 +29,9 @@ class QuantumResult(pydantic.BaseModel):
     exception_type: str | None = None
     exception_message: str | None = None
     blocked_by: uuid.UUID | None = None
+    worker: int | None = None
     started_at: datetime | None = None
+    ended_at: datetime | None = None
     wall_seconds: float = 0.0
     cpu_seconds: float = 0.0
     max_rss_bytes: int = 0
@@ -74,6 +76,10 @@ class BundleReport(pydantic.BaseModel):
     python: str
     software: dict[str, str]
     workspace: str
+    processes: int = 0
+    workers_replaced: int = 0
+    timings: dict[str, float] = pydantic.Field(default_factory=dict)
+    io: dict[str, int] = pydantic.Field(default_factory=dict)
     stage_in: TransferStats
     stage_out: StageOutRecord | None = None
     quanta: list[QuantumResult]

@@ -8,14 +8,15 @@ import time
 from pathlib import Path
 from typing import Literal
 
+from lsst.pipe.base.quantum_graph import PredictedQuantumGraph
 from lsst.resources import ResourcePath
 
-from activators.base import ActivatorContext
 from activators.registry import activator_class
 
-from .bundle_model import load_bundle
+from .bundle_model import Bundle, load_bundle
+from .bundle_session import SessionSpec
 from .errors import BundleError, PilotError
-from .execution import consumers_of, execute_quanta, execution_order
+from .execution import consumers_of, execute_bundle, execution_order
 from .exit_codes import ExitCode
 from .interruption import StopRequest
 from .qgraph_io import load_bundle_graph
@@ -23,6 +24,7 @@ from .report import BundleReport, count_statuses, environment, now
 from .stage_in import input_files, stage_in
 from .stage_out import produced_refs, stage_out
 from .upstream_inputs import fetch_upstream, upstream_refs
+from .worker_pool import WorkerPool
 from .workspace import Workspace, read_dbb_datastore
 
 _LOG = logging.getLogger(__name__)
@@ -41,9 +43,17 @@ class RunOutcome:
 
 
 def run_bundle(
-    bundle_path: str | Path, workspace_dir: Path | None = None, stop: StopRequest | None = None
+    bundle_path: str | Path,
+    workspace_dir: Path | None = None,
+    *,
+    pool: WorkerPool | None = None,
+    stop: StopRequest | None = None,
+    grace: float = 60.0,
 ) -> RunOutcome:
     """Validate, stage in, execute, stage out and report one bundle.
+
+    ``pool`` is the pilot's warm worker pool; without one the quanta run in this
+    process.
 
     Raises
     ------
@@ -56,19 +66,13 @@ def run_bundle(
     wall0 = time.perf_counter()
     bundle_uri = ResourcePath(str(bundle_path), forceAbsolute=True)
     bundle = load_bundle(bundle_uri)
-    qg = load_bundle_graph(bundle.qgraph_uri(bundle_uri), bundle.quantum_ids)
-    if qg.header.output_run != bundle.dbb.output_run:
-        raise BundleError(
-            f"bundle {bundle.bundle_id}: dbb.output_run {bundle.dbb.output_run!r} does not match the "
-            f"quantum graph's output run {qg.header.output_run!r}"
-        )
-    try:
-        cls = activator_class(bundle.execution.activator)
-    except LookupError as err:
-        raise BundleError(f"bundle {bundle.bundle_id}: execution.activator: {err}") from None
+    qgraph_uri = bundle.qgraph_uri(bundle_uri)
+    qg = load_bundle_graph(qgraph_uri, bundle.quantum_ids)
+    _check_consistency(bundle, qg)
     dbb = read_dbb_datastore(bundle.dbb.repo)
     workspace = Workspace.choose(workspace_dir, bundle.bundle_id)
     local_repo = workspace.write_local_repo_config(dbb)
+    loaded = time.perf_counter()
     quanta = qg.build_execution_quanta(bundle.quantum_ids)
     recorded = input_files(quanta, dbb.name)
     stage_in_stats = stage_in(recorded, dbb, workspace.repo, verify=bundle.staging.verify_checksums)
@@ -80,40 +84,44 @@ def run_bundle(
         qg,
         stage_in_stats,
     )
-    dataset_types = {d.name: d.dataset_type for d in qg.pipeline_graph.dataset_types.values()}
-    activator = cls(
-        ActivatorContext(
-            local_repo=str(local_repo),
-            universe=qg.pipeline_graph.universe,
-            dataset_types=dataset_types,
-            raise_on_partial_outputs=bundle.execution.raise_on_partial_outputs,
-        )
+    staged_in = time.perf_counter()
+    if pool is not None:
+        pool.wait_ready()
+    pool_ready = time.perf_counter()
+    spec = SessionSpec(
+        key=bundle.bundle_id,
+        qgraph_uri=str(qgraph_uri),
+        quantum_ids=tuple(bundle.quantum_ids),
+        local_repo=str(local_repo),
+        activator=bundle.execution.activator,
+        raise_on_partial_outputs=bundle.execution.raise_on_partial_outputs,
+        transient=tuple(bundle.execution.transient_dataset_types),
+        fresh_workspace=workspace.fresh,
     )
-    try:
-        results = execute_quanta(
-            qg,
-            quanta,
-            execution_order(qg, bundle.quantum_ids),
-            activator,
-            fail_fast=bundle.execution.fail_fast,
-            unavailable=consumers_of(quanta, missing_upstream),
-            stop=stop,
-        )
-    finally:
-        activator.close()
-    refs = produced_refs(qg, quanta, results, str(local_repo))
-    by_quantum = {ref.id: ref for ref in refs}
+    execution = execute_bundle(
+        qg,
+        spec,
+        execution_order(qg, bundle.quantum_ids),
+        pool=pool,
+        fail_fast=bundle.execution.fail_fast,
+        unavailable=consumers_of(quanta, missing_upstream),
+        stop=stop,
+        grace=grace,
+    )
+    executed = time.perf_counter()
+    results = execution.results
+    refs = produced_refs(qg, quanta, results, str(local_repo), execution.records)
+    staged = {ref.id for ref in refs}
     for result in results:
         result.output_dataset_ids = [
             ref.id
             for refs_ in quanta[result.quantum_id].outputs.values()
             for ref in refs_
-            if ref.id in by_quantum
+            if ref.id in staged
         ]
     counts, tasks = count_statuses(results)
     status: Literal["succeeded", "partial", "failed", "interrupted"]
-    interrupted = any((r.caveat or "").startswith("interrupted") for r in results)
-    if interrupted:
+    if any((r.caveat or "").startswith("interrupted") for r in results):
         status, code = "interrupted", ExitCode.INTERRUPTED
     elif counts["succeeded"] == len(results):
         status, code = "succeeded", ExitCode.SUCCESS
@@ -131,7 +139,10 @@ def run_bundle(
         ended_at=now(),
         wall_seconds=time.perf_counter() - wall0,
         workspace=str(workspace.root),
+        processes=pool.size if pool is not None else 0,
+        workers_replaced=execution.workers_replaced,
         stage_in=stage_in_stats,
+        io=dataclasses.asdict(execution.io),
         quanta=results,
         **environment(),  # type: ignore[arg-type]
     )
@@ -146,14 +157,43 @@ def run_bundle(
                 work_dir=workspace.stage_out_dir,
                 report_json=report.model_dump_json(indent=2).encode(),
                 staging_root=bundle.dbb.staging_uri(),
+                records=execution.records,
             )
         except PilotError as err:
             report.exit_code = int(err.exit_code)
             report.message = str(err)
+    done = time.perf_counter()
+    report.timings = {
+        "load": loaded - wall0,
+        "stage_in": staged_in - loaded,
+        "pool_wait": pool_ready - staged_in,
+        "execute": executed - pool_ready,
+        "stage_out": done - executed,
+        # From bundle loaded to report written, not counting any wait for the pool to warm up.
+        "bundle_seconds": done - loaded - (pool_ready - staged_in),
+    }
     report.ended_at = now()
-    report.wall_seconds = time.perf_counter() - wall0
+    report.wall_seconds = done - wall0
     _write_report(report, workspace.report_path)
     return RunOutcome(report, workspace.report_path)
+
+
+def _check_consistency(bundle: Bundle, qg: PredictedQuantumGraph) -> None:
+    if qg.header.output_run != bundle.dbb.output_run:
+        raise BundleError(
+            f"bundle {bundle.bundle_id}: dbb.output_run {bundle.dbb.output_run!r} does not match the "
+            f"quantum graph's output run {qg.header.output_run!r}"
+        )
+    try:
+        activator_class(bundle.execution.activator)
+    except LookupError as err:
+        raise BundleError(f"bundle {bundle.bundle_id}: execution.activator: {err}") from None
+    unknown = sorted(set(bundle.execution.transient_dataset_types) - set(qg.pipeline_graph.dataset_types))
+    if unknown:
+        raise BundleError(
+            f"bundle {bundle.bundle_id}: execution.transient_dataset_types names {unknown[0]!r}, "
+            "which is not a dataset type of the quantum graph"
+        )
 
 
 def _write_report(report: BundleReport, path: Path) -> None:

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pydantic
 from lsst.daf.butler import DatasetRef, Quantum
+from lsst.daf.butler.datastore.record_data import DatastoreRecordData
 from lsst.pipe.base.quantum_graph import PredictedQuantumGraph
 from lsst.resources import ResourcePath
 
@@ -59,6 +60,7 @@ def produced_refs(
     quanta: Mapping[uuid.UUID, Quantum],
     results: Iterable[QuantumResult],
     local_repo: str,
+    records: Mapping[str, DatastoreRecordData] | None = None,
 ) -> list[DatasetRef]:
     """Return the refs to stage: every output of succeeded quanta, and the logs of failed ones.
 
@@ -81,7 +83,7 @@ def produced_refs(
                 wanted[ref.id] = ref.overrideStorageClass(registry_type.storageClass_name)
     if not wanted:
         return []
-    qbb = workspace_butler(qg, local_repo, outputs=wanted.keys())
+    qbb = workspace_butler(qg, local_repo, outputs=wanted.keys(), records=records)
     try:
         stored = qbb.stored_many(wanted.values())
     finally:
@@ -99,6 +101,7 @@ def stage_out(
     work_dir: Path,
     report_json: bytes,
     staging_root: ResourcePath,
+    records: Mapping[str, DatastoreRecordData] | None = None,
 ) -> StageOutRecord:
     """Zip ``refs`` from the local datastore, upload zip and report, then commit the manifest.
 
@@ -113,7 +116,7 @@ def stage_out(
     work_dir.mkdir(parents=True, exist_ok=True)
     zip_path: ResourcePath | None = None
     if refs:
-        qbb = workspace_butler(qg, local_repo, outputs=(ref.id for ref in refs))
+        qbb = workspace_butler(qg, local_repo, outputs=(ref.id for ref in refs), records=records)
         try:
             zip_path = qbb.retrieve_artifacts_zip(refs, ResourcePath(work_dir, forceDirectory=True))
         except Exception as err:

@@ -64,6 +64,8 @@ class Workspace:
     """
 
     root: Path
+    fresh: bool = True
+    """No local datastore existed here before: nothing was ever executed in this workspace."""
 
     @classmethod
     def choose(cls, explicit: Path | None, bundle_id: str) -> Workspace:
@@ -79,7 +81,7 @@ class Workspace:
             root.mkdir(parents=True, exist_ok=True)
         except OSError as err:
             raise BundleError(f"cannot create workspace {root}: {err}") from None
-        return cls(root)
+        return cls(root, fresh=not (root / "repo").exists())
 
     @property
     def repo(self) -> Path:

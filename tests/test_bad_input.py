@@ -31,7 +31,7 @@ def _breakers(tmp: Path) -> dict[str, tuple[object, str]]:
         "bad_json": (lambda text: text[:-20], "is not valid JSON"),
         "missing_field": (lambda doc: doc.pop("dbb"), "missing field 'dbb'"),
         "unknown_field": (lambda doc: doc.update(priority=3), "unknown field 'priority'"),
-        "bad_value": (lambda doc: doc["execution"].update(processes=0), "field 'execution.processes'"),
+        "bad_value": (lambda doc: doc["execution"].update(processes=-1), "field 'execution.processes'"),
         "qgraph_missing": (lambda doc: doc.update(qgraph=str(tmp / "nope.qg")), "does not exist"),
         "quantum_not_in_graph": (
             lambda doc: doc["quantum_ids"].append(str(uuid.UUID(int=7))),

@@ -1,0 +1,168 @@
+"""One bundle opened for execution: its graph, quanta, chaining butler and activator.
+
+A session lives in a worker process (or, with ``--processes 0``, in the pilot
+itself) from the bundle's first quantum to its last, so the stack's machinery
+(graph, quantum-backed butler, task factory) is built once per bundle, not per
+quantum.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import resource
+import time
+import uuid
+from collections import Counter
+
+from lsst.daf.butler import DatasetRef, QuantumBackedButler
+from lsst.daf.butler.datastore.record_data import DatastoreRecordData
+from lsst.pipe.base.quantum_graph import PredictedQuantumGraph
+from lsst.resources import ResourcePath
+
+from activators.base import ActivatorContext
+from activators.registry import activator_class
+
+from .chaining_butler import ChainingButler
+from .errors import InterruptedRun
+from .qgraph_io import load_bundle_graph
+from .report import QuantumResult, now
+
+
+@dataclasses.dataclass(frozen=True)
+class SessionSpec:
+    """Everything a worker needs to open a bundle (picklable, small)."""
+
+    key: str
+    qgraph_uri: str
+    quantum_ids: tuple[uuid.UUID, ...]
+    local_repo: str
+    activator: str = "in-process"
+    raise_on_partial_outputs: bool = True
+    transient: tuple[str, ...] = ()
+    fresh_workspace: bool = False
+
+
+def in_bundle_consumers(
+    qg: PredictedQuantumGraph, quantum_ids: tuple[uuid.UUID, ...]
+) -> dict[uuid.UUID, int]:
+    """Count, per dataset produced by the bundle, the bundle's quanta that consume it."""
+    members = set(quantum_ids)
+    xgraph = qg.bipartite_xgraph
+    counts: Counter[uuid.UUID] = Counter()
+    for quantum_id in quantum_ids:
+        for dataset_id in xgraph.successors(quantum_id):
+            consumers = sum(1 for c in xgraph.successors(dataset_id) if c in members)
+            if consumers:
+                counts[dataset_id] = consumers
+    return dict(counts)
+
+
+class BundleSession:
+    """Runs quanta of one bundle through an activator over a `ChainingButler`."""
+
+    def __init__(self, spec: SessionSpec, qg: PredictedQuantumGraph | None = None) -> None:
+        self.spec = spec
+        self.qg = qg if qg is not None else load_bundle_graph(ResourcePath(spec.qgraph_uri), spec.quantum_ids)
+        self.quanta = self.qg.build_execution_quanta(spec.quantum_ids)
+        outputs: set[uuid.UUID] = set()
+        inputs: set[uuid.UUID] = set()
+        records = []
+        for quantum in self.quanta.values():
+            outputs.update(ref.id for refs in quantum.outputs.values() for ref in refs)
+            inputs.update(ref.id for refs in quantum.inputs.values() for ref in refs)
+            inputs.update(ref.id for ref in quantum.initInputs.values())
+            records.append(quantum.datastore_records)
+        qbb = QuantumBackedButler.from_predicted(
+            config=spec.local_repo,
+            predicted_inputs=inputs,
+            predicted_outputs=outputs,
+            dimensions=self.qg.pipeline_graph.universe,
+            datastore_records=DatastoreRecordData.merge_mappings(*records),
+            dataset_types={d.name: d.dataset_type for d in self.qg.pipeline_graph.dataset_types.values()},
+        )
+        self.butler = ChainingButler(qbb, in_bundle_consumers(self.qg, spec.quantum_ids), spec.transient)
+        self.activator = activator_class(spec.activator)(
+            ActivatorContext(
+                butler=self.butler,
+                raise_on_partial_outputs=spec.raise_on_partial_outputs,
+                fresh_workspace=spec.fresh_workspace,
+            )
+        )
+
+    def blank_result(self, quantum_id: uuid.UUID) -> QuantumResult:
+        """A `not_run` result naming the quantum."""
+        node = self.qg.quantum_only_xgraph.nodes[quantum_id]
+        return QuantumResult(
+            quantum_id=quantum_id,
+            task_label=node["task_label"],
+            data_id=dict(node["data_id"].required),
+            status="not_run",
+        )
+
+    def run(self, quantum_id: uuid.UUID, worker: int | None = None) -> QuantumResult:
+        """Run one quantum; a task exception becomes a ``failed`` result, never an exception.
+
+        `InterruptedRun` (from the pilot's signal handling) propagates.
+        """
+        result = self.blank_result(quantum_id)
+        result.worker = worker
+        task_node = self.qg.pipeline_graph.tasks[result.task_label]
+        _reset_peak_rss()
+        result.started_at = now()
+        wall0 = time.perf_counter()
+        cpu0 = _cpu_seconds()
+        try:
+            outcome = self.activator.execute(task_node, self.quanta[quantum_id], quantum_id)
+        except InterruptedRun:
+            raise
+        except Exception as err:
+            result.status = "failed"
+            result.exception_type = f"{type(err).__module__}.{type(err).__qualname__}"
+            result.exception_message = str(err)
+        else:
+            result.status = "succeeded"
+            if outcome.no_work:
+                result.caveat = "no work found"
+            elif outcome.already_done:
+                result.caveat = "outputs already in workspace"
+        finally:
+            result.wall_seconds = time.perf_counter() - wall0
+            result.cpu_seconds = _cpu_seconds() - cpu0
+            result.max_rss_bytes = _peak_rss()
+            result.ended_at = now()
+        return result
+
+    def outputs_of(self, quantum_id: uuid.UUID) -> list[DatasetRef]:
+        """Predicted outputs (including metadata and log) of a quantum."""
+        return [ref for refs in self.quanta[quantum_id].outputs.values() for ref in refs]
+
+    def close(self) -> None:
+        """Release the butler and activator."""
+        self.activator.close()
+        self.butler.close()
+
+
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _reset_peak_rss() -> None:
+    # Linux: writing 5 to clear_refs resets the peak RSS (VmHWM) of this process, so
+    # the peak read after a quantum is that quantum's own.
+    try:
+        with open("/proc/self/clear_refs", "w") as stream:
+            stream.write("5")
+    except OSError:
+        pass
+
+
+def _peak_rss() -> int:
+    try:
+        with open("/proc/self/status") as stream:
+            for line in stream:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

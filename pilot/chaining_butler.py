@@ -1,0 +1,231 @@
+"""A limited butler that hands intermediates from quantum to quantum in memory.
+
+It wraps the worker's bundle-wide quantum-backed butler.  A ``put`` of a dataset that
+later quanta of the bundle consume keeps the object in memory, so the consumer's
+``get`` never reads it back from disk; the dataset is still persisted through the
+wrapped butler, unless its type is transient, in which case it is never written.
+Objects are evicted once their last expected consumer has read them (or when the
+pilot says every consumer has run), and every consumer but the last gets a copy,
+so a task that modifies its input cannot corrupt another's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import uuid
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from lsst.daf.butler import (
+    ButlerMetrics,
+    DatasetProvenance,
+    DatasetRef,
+    DeferredDatasetHandle,
+    DimensionUniverse,
+    LimitedButler,
+    QuantumBackedButler,
+    StorageClass,
+)
+from lsst.daf.butler.datastore.record_data import DatastoreRecordData
+from lsst.daf.butler.datastore.stored_file_info import StoredFileInfo
+from lsst.pipe.base import InMemoryDatasetHandle
+
+_LOG = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class IoCounts:
+    """Bytes moved by a bundle's quanta, as the datastore sees them."""
+
+    bytes_written: int = 0
+    files_written: int = 0
+    bytes_read: int = 0
+    intermediate_bytes_read: int = 0
+    datasets_handed_in_memory: int = 0
+    transient_datasets_not_written: int = 0
+
+    def add(self, other: IoCounts) -> None:
+        for field in dataclasses.fields(self):
+            setattr(self, field.name, getattr(self, field.name) + getattr(other, field.name))
+
+
+class ChainingButler(LimitedButler):
+    """`LimitedButler` over a `QuantumBackedButler`, keeping intermediates in memory.
+
+    Parameters
+    ----------
+    wrapped : `QuantumBackedButler`
+        Persists outputs to, and reads inputs from, the workspace datastore.
+    consumers : `~collections.abc.Mapping` [`uuid.UUID`, `int`]
+        For each dataset produced and consumed inside the bundle, how many quanta
+        consume it.  Only these are kept in memory.
+    transient : `~collections.abc.Iterable` [`str`]
+        Dataset types never written to disk.
+    """
+
+    def __init__(
+        self, wrapped: QuantumBackedButler, consumers: Mapping[uuid.UUID, int], transient: Iterable[str] = ()
+    ) -> None:
+        self._wrapped = wrapped
+        self.storageClasses = wrapped.storageClasses
+        self._consumers = dict(consumers)
+        self._transient = frozenset(transient)
+        self._intermediates = frozenset(consumers)
+        self._memory: dict[uuid.UUID, tuple[Any, DatasetRef]] = {}
+        self._persisted: list[DatasetRef] = []
+        self.io = IoCounts()
+
+    # -- what the pilot asks ------------------------------------------------
+
+    def held(self) -> list[uuid.UUID]:
+        """IDs of the datasets held in memory now."""
+        return list(self._memory)
+
+    def persisted_records(self) -> dict[str, DatastoreRecordData]:
+        """Datastore records of every dataset this butler wrote, for stage-out."""
+        # QuantumBackedButler.extract_provenance_data exports the same records, but also
+        # warns about inputs it never saw checked (intermediates served from memory).
+        records = dict(self._wrapped._datastore.export_records(self._persisted))
+        self.io.bytes_written = sum(
+            max(record.file_size, 0)
+            for data in records.values()
+            for tables in data.records.values()
+            for rows in tables.values()
+            for record in rows
+            if isinstance(record, StoredFileInfo)
+        )
+        return records
+
+    def evict(self, dataset_ids: Iterable[uuid.UUID]) -> None:
+        """Drop datasets whose consumers have all run (possibly elsewhere)."""
+        for dataset_id in dataset_ids:
+            self._memory.pop(dataset_id, None)
+
+    # -- LimitedButler --------------------------------------------------------
+
+    @property
+    def _metrics(self) -> ButlerMetrics:
+        return self._wrapped._metrics
+
+    @_metrics.setter
+    def _metrics(self, metrics: ButlerMetrics) -> None:
+        self._wrapped._metrics = metrics
+
+    def close(self) -> None:
+        self._memory.clear()
+        self._wrapped.close()
+
+    def isWriteable(self) -> bool:
+        return True
+
+    @property
+    def dimensions(self) -> DimensionUniverse:
+        return self._wrapped.dimensions
+
+    def put(self, obj: Any, ref: DatasetRef, /, *, provenance: DatasetProvenance | None = None) -> DatasetRef:
+        transient = ref.datasetType.name in self._transient
+        if not transient:
+            self._wrapped.put(obj, ref, provenance=provenance)
+            self._persisted.append(ref)
+            self.io.files_written += 1
+        else:
+            self.io.transient_datasets_not_written += 1
+        if self._consumers.get(ref.id, 0) > 0:
+            self._memory[ref.id] = (obj, ref)
+        return ref
+
+    def get(
+        self,
+        ref: DatasetRef,
+        /,
+        *,
+        parameters: dict[str, Any] | None = None,
+        storageClass: StorageClass | str | None = None,
+    ) -> Any:
+        held = self._memory.get(ref.id)
+        if held is None:
+            obj = self._wrapped.get(ref, parameters=parameters, storageClass=storageClass)
+            size = self._wrapped._datastore.getURI(ref).size()
+            self.io.bytes_read += size
+            if ref.id in self._intermediates:
+                self.io.intermediate_bytes_read += size
+            return obj
+        remaining = self._consumers.get(ref.id, 1) - 1
+        self._consumers[ref.id] = remaining
+        self.io.datasets_handed_in_memory += 1
+        last = remaining <= 0 and not parameters
+        if last:
+            del self._memory[ref.id]  # the last consumer takes the object itself
+        # Counted as a butler get, so task metadata's butler_metrics match pipetask's.
+        with self._metrics.instrument_get(log=_LOG, msg="Handed over in memory"):
+            return self._converted(held, ref, parameters, storageClass, copy=not last)
+
+    @staticmethod
+    def _converted(
+        held: tuple[Any, DatasetRef],
+        ref: DatasetRef,
+        parameters: dict[str, Any] | None,
+        storageClass: StorageClass | str | None,
+        *,
+        copy: bool,
+    ) -> Any:
+        """Return the held object as ``ref`` asks for it (storage class, parameters, copy)."""
+        obj, put_ref = held
+        handle = InMemoryDatasetHandle(
+            obj, storageClass=put_ref.datasetType.storageClass, dataId=ref.dataId, copy=copy
+        )
+        return handle.get(parameters=parameters, storageClass=storageClass or ref.datasetType.storageClass)
+
+    def getDeferred(
+        self,
+        ref: DatasetRef,
+        /,
+        *,
+        parameters: dict[str, Any] | None = None,
+        storageClass: str | StorageClass | None = None,
+    ) -> DeferredDatasetHandle:
+        held = self._memory.get(ref.id)
+        if held is None:
+            return self._wrapped.getDeferred(ref, parameters=parameters, storageClass=storageClass)
+        self.io.datasets_handed_in_memory += 1
+        wanted = storageClass or ref.datasetType.storageClass
+        # InMemoryDatasetHandle is pipe_base's stand-in for a DeferredDatasetHandle.
+        return InMemoryDatasetHandle(  # type: ignore[return-value]
+            self._converted(held, ref, None, wanted, copy=False),
+            storageClass=wanted,
+            parameters=parameters,
+            dataId=ref.dataId,
+            copy=True,
+        )
+
+    def stored(self, ref: DatasetRef) -> bool:
+        return ref.id in self._memory or self._wrapped.stored(ref)
+
+    def stored_many(self, refs: Iterable[DatasetRef]) -> dict[DatasetRef, bool]:
+        result: dict[DatasetRef, bool] = {}
+        on_disk: list[DatasetRef] = []
+        for ref in refs:
+            if ref.id in self._memory:
+                result[ref] = True
+            else:
+                on_disk.append(ref)
+        if on_disk:
+            result.update(self._wrapped.stored_many(on_disk))
+        return result
+
+    def markInputUnused(self, ref: DatasetRef) -> None:
+        self._wrapped.markInputUnused(ref)
+
+    def pruneDatasets(
+        self,
+        refs: Iterable[DatasetRef],
+        *,
+        disassociate: bool = True,
+        unstore: bool = False,
+        tags: Iterable[str] = (),
+        purge: bool = False,
+    ) -> None:
+        refs = list(refs)
+        self.evict(ref.id for ref in refs)
+        self._wrapped.pruneDatasets(refs, disassociate=disassociate, unstore=unstore, tags=tags, purge=purge)

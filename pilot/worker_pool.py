@@ -1,0 +1,216 @@
+"""The pilot's pool of warm worker processes: start, talk, watch memory, replace the dead.
+
+Workers are forked from a forkserver that preloaded the LSST stack (no fork of the
+pilot itself, which may run threads), so the stack is imported once per pilot.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import multiprocessing
+import signal
+import time
+import uuid
+from multiprocessing.connection import Connection, wait
+from multiprocessing.process import BaseProcess
+from typing import Any
+
+import psutil
+
+from .bundle_model import ExecutionSpec
+from .errors import BundleError
+from .log_setup import console_level
+from .sizes import parse_size
+from .slot import available_cores
+from .worker import Ping, Pong, Shutdown, worker_main
+
+_LOG = logging.getLogger(__name__)
+
+MiB = 1024 * 1024
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerDied:
+    """A worker process ended while the pilot still needed it."""
+
+    reason: str
+    memory: bool = False
+
+
+@dataclasses.dataclass
+class WorkerHandle:
+    """One worker process and what the pilot last asked of it."""
+
+    index: int
+    process: BaseProcess
+    conn: Connection
+    busy: tuple[str, uuid.UUID] | None = None
+    opened: set[str] = dataclasses.field(default_factory=set)
+    doomed: WorkerDied | None = None
+
+
+class WorkerPool:
+    """``size`` persistent workers; ``memory_limit`` bytes of RSS each (with children), if set."""
+
+    def __init__(self, size: int, memory_limit: int | None = None) -> None:
+        if size < 1:
+            raise ValueError(f"a worker pool needs at least one worker, not {size}")
+        self.size = size
+        self.memory_limit = memory_limit
+        self._context: Any = multiprocessing.get_context("forkserver")
+        self._context.set_forkserver_preload(["pilot.worker"])
+        self.workers: list[WorkerHandle] = []
+        self.replaced = 0
+
+    def start(self) -> None:
+        """Start every worker (the forkserver starts with the first)."""
+        self.workers = [self._spawn(index) for index in range(self.size)]
+
+    def wait_ready(self, timeout: float = 300.0) -> None:
+        """Block until every worker answers (the stack is imported and the pool is warm)."""
+        waiting = {w.index for w in self.workers if self.send(w, Ping())}
+        deadline = time.monotonic() + timeout
+        while waiting and time.monotonic() < deadline:
+            for worker, event in self.events(0.1):
+                if isinstance(event, Pong | WorkerDied):
+                    waiting.discard(worker.index)
+                if isinstance(event, WorkerDied):
+                    self.replace(worker)
+
+    def _spawn(self, index: int) -> WorkerHandle:
+        parent, child = self._context.Pipe()
+        process = self._context.Process(
+            target=worker_main, args=(child, index, console_level()), name=f"pilot-worker-{index}"
+        )
+        process.start()
+        child.close()
+        return WorkerHandle(index, process, parent)
+
+    def send(self, worker: WorkerHandle, message: object) -> bool:
+        """Send ``message``; return `False` if the worker is gone."""
+        try:
+            worker.conn.send(message)
+            return True
+        except (BrokenPipeError, ConnectionResetError, OSError):
+            return False
+
+    def events(self, timeout: float) -> list[tuple[WorkerHandle, object]]:
+        """Wait up to ``timeout`` s; return ``(worker, message or WorkerDied)`` pairs."""
+        self._watch_memory()
+        by_waitable: dict[Any, WorkerHandle] = {}
+        for worker in self.workers:
+            by_waitable[worker.conn] = worker
+            by_waitable[worker.process.sentinel] = worker
+        ready = wait(list(by_waitable), timeout=timeout)
+        out: list[tuple[WorkerHandle, object]] = []
+        handled: set[int] = set()
+        for waitable in ready:
+            worker = by_waitable[waitable]
+            if worker.index in handled:
+                continue
+            handled.add(worker.index)
+            broken = False
+            try:
+                while worker.conn.poll():
+                    out.append((worker, worker.conn.recv()))
+            except (EOFError, OSError):
+                broken = True
+            if broken or not worker.process.is_alive():
+                worker.process.join(timeout=5)
+                out.append((worker, worker.doomed or WorkerDied(_death_reason(worker.process.exitcode))))
+        return out
+
+    def _watch_memory(self) -> None:
+        if self.memory_limit is None:
+            return
+        for worker in self.workers:
+            if worker.busy is None or worker.doomed is not None:
+                continue
+            try:
+                process = psutil.Process(worker.process.pid)
+                rss = process.memory_info().rss + sum(
+                    child.memory_info().rss for child in process.children(recursive=True)
+                )
+            except psutil.Error:
+                continue
+            if rss > self.memory_limit:
+                worker.doomed = WorkerDied(
+                    f"memory: worker RSS {rss / MiB:.0f} MiB exceeded --memory-per-worker "
+                    f"{self.memory_limit / MiB:.0f} MiB; the worker was killed",
+                    memory=True,
+                )
+                _LOG.warning("Worker %d: %s", worker.index, worker.doomed.reason)
+                worker.process.kill()
+
+    def replace(self, worker: WorkerHandle) -> WorkerHandle:
+        """Start a fresh worker in a dead one's place."""
+        worker.conn.close()
+        fresh = self._spawn(worker.index)
+        self.workers[worker.index] = fresh
+        self.replaced += 1
+        return fresh
+
+    def kill_busy(self, reason: str) -> None:
+        """Kill every worker still running a quantum (after the grace period)."""
+        for worker in self.workers:
+            if worker.busy is not None and worker.process.is_alive():
+                worker.doomed = WorkerDied(reason)
+                worker.process.kill()
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Ask every worker to stop; kill those that do not."""
+        for worker in self.workers:
+            self.send(worker, Shutdown())
+        for worker in self.workers:
+            worker.process.join(timeout=timeout)
+            if worker.process.is_alive():
+                worker.process.kill()
+                worker.process.join(timeout=timeout)
+            worker.conn.close()
+        self.workers = []
+
+    def __enter__(self) -> WorkerPool:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _death_reason(exitcode: int | None) -> str:
+    if exitcode is not None and exitcode < 0:
+        number = -exitcode
+        try:
+            name = signal.Signals(number).name
+        except ValueError:
+            name = f"signal {number}"
+        return f"worker process killed by {name} (signal {number})"
+    return f"worker process exited with status {exitcode}"
+
+
+def pool_for(
+    execution: ExecutionSpec, processes: int | None, memory_per_worker: str | None
+) -> WorkerPool | None:
+    """Start the pool a bundle asks for: the command line wins over the bundle, then the slot's cores.
+
+    Returns `None` for 0 processes (run in the pilot).
+
+    Raises
+    ------
+    BundleError
+        The memory budget is not a size.
+    """
+    size = processes if processes is not None else execution.processes
+    if size is None:
+        size = available_cores()
+    if size == 0:
+        return None
+    budget = memory_per_worker or execution.memory_per_worker
+    try:
+        limit = parse_size(budget) if budget else None
+    except ValueError as err:
+        raise BundleError(f"--memory-per-worker: {err}") from None
+    pool = WorkerPool(size, limit)
+    pool.start()
+    return pool
