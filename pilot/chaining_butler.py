@@ -11,7 +11,6 @@ so a task that modifies its input cannot corrupt another's.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import uuid
 from collections.abc import Iterable, Mapping
@@ -31,23 +30,9 @@ from lsst.daf.butler.datastore.record_data import DatastoreRecordData
 from lsst.daf.butler.datastore.stored_file_info import StoredFileInfo
 from lsst.pipe.base import InMemoryDatasetHandle
 
+from .report import IoCounts
+
 _LOG = logging.getLogger(__name__)
-
-
-@dataclasses.dataclass
-class IoCounts:
-    """Bytes moved by a bundle's quanta, as the datastore sees them."""
-
-    bytes_written: int = 0
-    files_written: int = 0
-    bytes_read: int = 0
-    intermediate_bytes_read: int = 0
-    datasets_handed_in_memory: int = 0
-    transient_datasets_not_written: int = 0
-
-    def add(self, other: IoCounts) -> None:
-        for field in dataclasses.fields(self):
-            setattr(self, field.name, getattr(self, field.name) + getattr(other, field.name))
 
 
 class ChainingButler(LimitedButler):

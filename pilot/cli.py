@@ -101,12 +101,14 @@ def run(
 ) -> None:
     """Execute BUNDLE locally (no scheduler): stage in, run, stage out, write report.json."""
     from .bundle_model import load_bundle
-    from .report import format_task_table
-    from .runner import run_bundle
     from .worker_pool import pool_for
 
     bundle = _guarded(lambda: load_bundle(bundle_file))
+    # Start the workers first: their forkserver imports the LSST stack while we do.
     pool = _guarded(lambda: pool_for(bundle.execution, processes, memory_per_worker))
+    from .report import format_task_table
+    from .runner import run_bundle
+
     try:
         with stop_on_signals(signal.SIGTERM, signal.SIGINT) as stop:
             outcome = _guarded(lambda: run_bundle(bundle_file, workspace, pool=pool, stop=stop, grace=grace))

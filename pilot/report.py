@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import dataclasses
 import platform
 import socket
 import sys
@@ -14,6 +15,23 @@ from typing import Literal
 import pydantic
 
 QuantumStatus = Literal["succeeded", "failed", "blocked", "not_run"]
+
+
+@dataclasses.dataclass
+class IoCounts:
+    """Bytes moved by a bundle's quanta, as the datastore sees them."""
+
+    bytes_written: int = 0
+    files_written: int = 0
+    bytes_read: int = 0
+    intermediate_bytes_read: int = 0
+    datasets_handed_in_memory: int = 0
+    transient_datasets_not_written: int = 0
+
+    def add(self, other: IoCounts) -> None:
+        for field in dataclasses.fields(self):
+            setattr(self, field.name, getattr(self, field.name) + getattr(other, field.name))
+
 
 SOFTWARE = ("quanta-pilot", "lsst-daf-butler", "lsst-pipe-base", "lsst-ctrl-mpexec", "lsst-resources")
 

@@ -13,16 +13,18 @@ import signal
 import traceback
 import uuid
 from multiprocessing.connection import Connection
+from typing import TYPE_CHECKING, Any
 
-# Imported here so the forkserver preloads the stack once for every worker.
-import lsst.daf.butler  # noqa: F401
-import lsst.pipe.base  # noqa: F401
-from lsst.daf.butler.datastore.record_data import SerializedDatastoreRecordData
-
-from .bundle_session import BundleSession, SessionSpec
-from .chaining_butler import IoCounts
 from .log_setup import configure_logging
-from .report import QuantumResult
+from .report import IoCounts, QuantumResult
+
+if TYPE_CHECKING:
+    from .bundle_session import BundleSession, SessionSpec
+
+# This module stays light: the pilot imports it before the LSST stack, to start the
+# pool at once.  The forkserver preloads HEAVY_MODULE so every worker starts with the
+# stack already imported.
+HEAVY_MODULE = "pilot.bundle_session"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,12 +76,15 @@ class QuantumDone:
 class Closed:
     key: str
     io: IoCounts
-    records: dict[str, SerializedDatastoreRecordData]
+    records: dict[str, Any]
+    """Serialized `DatastoreRecordData` by datastore name."""
 
 
 def worker_main(conn: Connection, index: int, console_level: int) -> None:
     """Serve requests from the pilot until `Shutdown` or the pipe closes."""
     configure_logging(console_level)
+    from .bundle_session import BundleSession
+
     # The pilot decides what a signal means (drain, grace, kill); workers do not die of it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)

@@ -9,7 +9,9 @@ from __future__ import annotations
 import dataclasses
 import logging
 import multiprocessing
+import multiprocessing.forkserver
 import signal
+import threading
 import time
 import uuid
 from multiprocessing.connection import Connection, wait
@@ -23,7 +25,7 @@ from .errors import BundleError
 from .log_setup import console_level
 from .sizes import parse_size
 from .slot import available_cores
-from .worker import Ping, Pong, Shutdown, worker_main
+from .worker import HEAVY_MODULE, Ping, Pong, Shutdown, worker_main
 
 _LOG = logging.getLogger(__name__)
 
@@ -59,13 +61,31 @@ class WorkerPool:
         self.size = size
         self.memory_limit = memory_limit
         self._context: Any = multiprocessing.get_context("forkserver")
-        self._context.set_forkserver_preload(["pilot.worker"])
-        self.workers: list[WorkerHandle] = []
+        self._context.set_forkserver_preload([HEAVY_MODULE])
+        self._workers: list[WorkerHandle] = []
+        self._starter: threading.Thread | None = None
         self.replaced = 0
 
     def start(self) -> None:
-        """Start every worker (the forkserver starts with the first)."""
-        self.workers = [self._spawn(index) for index in range(self.size)]
+        """Start the forkserver and, in the background, the workers; return at once.
+
+        The forkserver imports the LSST stack while the pilot goes on reading the
+        bundle and staging in; the first use of `workers` waits for the start-up.
+        """
+        multiprocessing.forkserver.ensure_running()
+        self._starter = threading.Thread(target=self._start_all, name="pilot-pool-start", daemon=True)
+        self._starter.start()
+
+    def _start_all(self) -> None:
+        self._workers = [self._spawn(index) for index in range(self.size)]
+
+    @property
+    def workers(self) -> list[WorkerHandle]:
+        """The workers (waiting for their start-up if it is still going on)."""
+        if self._starter is not None:
+            self._starter.join()
+            self._starter = None
+        return self._workers
 
     def wait_ready(self, timeout: float = 300.0) -> None:
         """Block until every worker answers (the stack is imported and the pool is warm)."""
@@ -168,7 +188,7 @@ class WorkerPool:
                 worker.process.kill()
                 worker.process.join(timeout=timeout)
             worker.conn.close()
-        self.workers = []
+        self._workers = []
 
     def __enter__(self) -> WorkerPool:
         self.start()
