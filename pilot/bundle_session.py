@@ -14,7 +14,7 @@ import time
 import uuid
 from collections import Counter
 
-from lsst.daf.butler import DatasetRef, QuantumBackedButler
+from lsst.daf.butler import QuantumBackedButler
 from lsst.daf.butler.datastore.record_data import DatastoreRecordData
 from lsst.pipe.base.quantum_graph import PredictedQuantumGraph
 from lsst.resources import ResourcePath
@@ -131,10 +131,6 @@ class BundleSession:
             result.max_rss_bytes = _peak_rss()
             result.ended_at = now()
         return result
-
-    def outputs_of(self, quantum_id: uuid.UUID) -> list[DatasetRef]:
-        """Predicted outputs (including metadata and log) of a quantum."""
-        return [ref for refs in self.quanta[quantum_id].outputs.values() for ref in refs]
 
     def close(self) -> None:
         """Release the butler and activator."""

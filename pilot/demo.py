@@ -113,14 +113,11 @@ def run_demo(
     bundles = make_bundles(
         str(qgraph), str(repo), directory / "bundles" / f"run{stamp}", max_quanta=max_quanta
     )
-    pool = WorkerPool(processes, None) if processes > 0 else None
-    try:
-        if pool is not None:
-            pool.start()
-        runs = [run_bundle(path, directory / "workspaces" / path.stem, pool=pool) for path in bundles]
-    finally:
-        if pool is not None:
-            pool.close()
+    if processes > 0:
+        with WorkerPool(processes) as pool:
+            runs = [run_bundle(path, directory / "workspaces" / path.stem, pool=pool) for path in bundles]
+    else:
+        runs = [run_bundle(path, directory / "workspaces" / path.stem) for path in bundles]
     ingested = ingest_committed(str(repo))
     with Butler.from_config(str(repo)) as butler:
         n_datasets = len(butler.query_all_datasets(output_run, limit=None))
