@@ -6,7 +6,7 @@ import dataclasses
 import logging
 from pathlib import Path
 
-from lsst.daf.butler import Butler
+from lsst.daf.butler import Butler, Config
 from lsst.pipe.base.tests.mocks import (
     DirectButlerRepo,
     DynamicConnectionConfig,
@@ -44,9 +44,9 @@ class DemoResult:
     datasets_in_run: int
 
 
-def create_dbb(root: Path, n_detectors: int) -> None:
-    """Create the demo DBB (sqlite registry, file datastore) with its dimension records."""
-    Butler.makeRepo(str(root))
+def create_dbb(root: Path, n_detectors: int, config: Config | None = None) -> None:
+    """Create the demo DBB (sqlite registry, file datastore unless ``config`` says otherwise)."""
+    Butler.makeRepo(str(root), config=config, forceConfigRoot=config is None)
     with Butler.from_config(str(root), writeable=True) as butler:
         butler.registry.insertDimensionData(
             "instrument",
