@@ -40,11 +40,14 @@ class BundleIngest:
 
 def committed_bundles(staging: ResourcePath) -> list[tuple[ResourcePath, Manifest]]:
     """Return ``(bundle staging dir, manifest)`` for every committed bundle, sorted by bundle ID."""
-    if not staging.exists():
-        return []
     stager = stager_for(staging)
     found = []
-    for directory, _, files in staging.walk():
+    try:
+        # Object stores have no directories: list rather than ask whether the root exists.
+        listing = list(staging.walk())
+    except FileNotFoundError:
+        return []
+    for directory, _, files in listing:
         if MANIFEST_NAME in files:
             bundle_dir = ResourcePath(directory, forceDirectory=True)
             found.append((bundle_dir, read_manifest(stager.read(bundle_dir.join(MANIFEST_NAME)))))
