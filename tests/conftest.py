@@ -5,9 +5,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
+import socket
 import subprocess
 import sys
-from collections.abc import Sequence
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -138,3 +142,96 @@ def campaign(tmp_path: Path) -> Campaign:
     result = pilot("bundle", camp.qgraph, "--repo", camp.repo, "--out", camp.bundles_dir, "--max-quanta", "6")
     assert result.returncode == 0, result.stderr
     return camp
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def webdav(tmp_path: Path) -> Iterator[str]:
+    """Serve ``tmp_path/dav`` over WebDAV; yield its root URL."""
+    root = tmp_path / "dav"
+    root.mkdir()
+    port = _free_port()
+    server = subprocess.Popen(
+        [sys.executable, str(Path(__file__).parent / "webdav_server.py"), str(root), str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    _wait_for_port(port, server, "WebDAV server")
+    try:
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def _wait_for_port(port: int, process: subprocess.Popen | None, what: str) -> None:
+    deadline = time.monotonic() + 60  # a bound on waiting for start-up, not a timing assertion
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            alive = process is None or process.poll() is None
+            assert alive and time.monotonic() < deadline, f"{what} did not start"
+            time.sleep(0.1)
+
+
+@pytest.fixture
+def postgres() -> Iterator[str]:
+    """Run a real PostgreSQL 15 server (initdb/pg_ctl, as 'nobody' when we are root); yield its URL."""
+    if shutil.which("initdb") is None or shutil.which("pg_ctl") is None:
+        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) are not on PATH")
+    base = tempfile.mkdtemp(prefix="pilot-pg-")
+    port = _free_port()
+    as_user = ["su", "nobody", "-s", "/bin/sh", "-c"] if os.geteuid() == 0 else ["/bin/sh", "-c"]
+    if os.geteuid() == 0:
+        shutil.chown(base, user="nobody")
+    data = os.path.join(base, "data")
+    subprocess.run([*as_user, f"initdb -D {data} -A trust -U pilot"], check=True, capture_output=True)
+    options = f"-p {port} -k {base} -h 127.0.0.1"
+    subprocess.run(
+        [*as_user, f"pg_ctl -D {data} -o '{options}' -l {base}/log -w start"], check=True, capture_output=True
+    )
+    try:
+        _wait_for_port(port, None, "PostgreSQL")
+        import psycopg
+
+        with psycopg.connect(f"postgresql://pilot@127.0.0.1:{port}/postgres", autocommit=True) as conn:
+            conn.execute("CREATE EXTENSION IF NOT EXISTS btree_gist")
+        yield f"postgresql+psycopg://pilot@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run([*as_user, f"pg_ctl -D {data} -m fast stop"], capture_output=True)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def s3_bucket(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """Run a moto S3 server; set the job environment for it; yield an empty bucket's URI."""
+    port = _free_port()
+    server = subprocess.Popen(
+        [str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    environment = {
+        "S3_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+        "AWS_ACCESS_KEY_ID": "pilot-test",
+        "AWS_SECRET_ACCESS_KEY": "pilot-test",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    for key, value in environment.items():
+        monkeypatch.setenv(key, value)
+    _wait_for_port(port, server, "moto S3 server")
+    import boto3
+
+    boto3.client("s3", endpoint_url=environment["S3_ENDPOINT_URL"]).create_bucket(Bucket="dbb")
+    try:
+        yield "s3://dbb/"
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
