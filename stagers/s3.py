@@ -2,34 +2,18 @@
 
 from __future__ import annotations
 
-import os
-import uuid
 from typing import ClassVar
 
 from lsst.resources import ResourcePath
 
-from .base import Stager, TransferError
+from .base import TransferError
+from .resource_path import ResourcePathStager
 
 
-class S3Stager(Stager):
+class S3Stager(ResourcePathStager):
     """Transfers with `lsst.resources` S3 support; a single-object PUT is the atomic commit."""
 
     schemes: ClassVar[tuple[str, ...]] = ("s3",)
-
-    def fetch(self, source: ResourcePath, destination: ResourcePath) -> int:
-        tmp = destination.updatedFile(f".{destination.basename()}.{uuid.uuid4().hex}.tmp")
-        try:
-            destination.dirname().mkdir()
-            tmp.transfer_from(source, transfer="copy", overwrite=True)
-            os.replace(tmp.ospath, destination.ospath)
-            return os.path.getsize(destination.ospath)
-        except FileNotFoundError as err:
-            raise TransferError(f"{source} does not exist", permanent=True) from err
-        except Exception as err:
-            raise TransferError(f"cannot fetch {source}: {err}", permanent=_permanent(err)) from err
-        finally:
-            if os.path.exists(tmp.ospath):
-                os.remove(tmp.ospath)
 
     def upload(self, source: ResourcePath, destination: ResourcePath) -> int:
         try:
@@ -37,7 +21,7 @@ class S3Stager(Stager):
             return destination.size()
         except Exception as err:
             raise TransferError(
-                f"cannot upload {source} to {destination}: {err}", permanent=_permanent(err)
+                f"cannot upload {source} to {destination}: {err}", permanent=self.is_permanent(err)
             ) from err
 
     def commit(self, content: bytes, destination: ResourcePath) -> None:
@@ -45,26 +29,14 @@ class S3Stager(Stager):
         try:
             destination.write(content, overwrite=True)
         except Exception as err:
-            raise TransferError(f"cannot commit {destination}: {err}", permanent=_permanent(err)) from err
+            raise TransferError(
+                f"cannot commit {destination}: {err}", permanent=self.is_permanent(err)
+            ) from err
 
-    def exists(self, uri: ResourcePath) -> bool:
-        try:
-            return uri.exists()
-        except Exception as err:
-            raise TransferError(f"cannot reach {uri}: {err}", permanent=_permanent(err)) from err
-
-    def read(self, uri: ResourcePath) -> bytes:
-        try:
-            return uri.read()
-        except FileNotFoundError as err:
-            raise TransferError(f"{uri} does not exist", permanent=True) from err
-        except Exception as err:
-            raise TransferError(f"cannot read {uri}: {err}", permanent=_permanent(err)) from err
-
-
-def _permanent(err: Exception) -> bool:
-    """Missing objects and refused credentials are permanent; throttling and 5xx may pass."""
-    text = str(err)
-    return isinstance(err, FileNotFoundError | PermissionError) or any(
-        marker in text for marker in ("AccessDenied", "InvalidAccessKeyId", "NoSuchBucket", "(403)", "(404)")
-    )
+    def is_permanent(self, err: Exception) -> bool:
+        """Missing objects and refused credentials are permanent; throttling and 5xx may pass."""
+        text = str(err)
+        return super().is_permanent(err) or any(
+            marker in text
+            for marker in ("AccessDenied", "InvalidAccessKeyId", "NoSuchBucket", "(403)", "(404)")
+        )
