@@ -11,7 +11,20 @@ from .base import Stager, TransferError
 
 
 class ResourcePathStager(Stager):
-    """Fetch, existence and reads on `lsst.resources`; subclasses say how to upload and commit."""
+    """Fetch, upload, existence and reads on `lsst.resources`; subclasses say how to commit."""
+
+    def prepare_parent(self, destination: ResourcePath) -> None:  # noqa: B027 - optional hook
+        """Make what must exist before ``destination`` can be written (nothing, by default)."""
+
+    def upload(self, source: ResourcePath, destination: ResourcePath) -> int:
+        try:
+            self.prepare_parent(destination)
+            destination.transfer_from(source, transfer="copy", overwrite=True)
+            return destination.size()
+        except Exception as err:
+            raise TransferError(
+                f"cannot upload {source} to {destination}: {err}", permanent=self.is_permanent(err)
+            ) from err
 
     def fetch(self, source: ResourcePath, destination: ResourcePath) -> int:
         tmp = destination.updatedFile(f".{destination.basename()}.{uuid.uuid4().hex}.tmp")

@@ -15,15 +15,6 @@ class S3Stager(ResourcePathStager):
 
     schemes: ClassVar[tuple[str, ...]] = ("s3",)
 
-    def upload(self, source: ResourcePath, destination: ResourcePath) -> int:
-        try:
-            destination.transfer_from(source, transfer="copy", overwrite=True)
-            return destination.size()
-        except Exception as err:
-            raise TransferError(
-                f"cannot upload {source} to {destination}: {err}", permanent=self.is_permanent(err)
-            ) from err
-
     def commit(self, content: bytes, destination: ResourcePath) -> None:
         # An S3 object appears whole or not at all: one PUT is the commit.
         try:

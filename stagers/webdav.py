@@ -16,20 +16,14 @@ class WebDAVStager(ResourcePathStager):
 
     schemes: ClassVar[tuple[str, ...]] = ("http", "https", "dav", "davs")
 
-    def upload(self, source: ResourcePath, destination: ResourcePath) -> int:
-        try:
-            destination.dirname().mkdir()
-            destination.transfer_from(source, transfer="copy", overwrite=True)
-            return destination.size()
-        except Exception as err:
-            raise TransferError(
-                f"cannot upload {source} to {destination}: {err}", permanent=self.is_permanent(err)
-            ) from err
+    def prepare_parent(self, destination: ResourcePath) -> None:
+        # A WebDAV PUT into a missing collection is refused (409) by many servers.
+        destination.dirname().mkdir()
 
     def commit(self, content: bytes, destination: ResourcePath) -> None:
         tmp = destination.updatedFile(f".{destination.basename()}.{uuid.uuid4().hex}.tmp")
         try:
-            destination.dirname().mkdir()
+            self.prepare_parent(destination)
             tmp.write(content, overwrite=True)
             # WebDAV MOVE replaces the target in one step: readers see the old or the new document.
             destination.transfer_from(tmp, transfer="move", overwrite=True)
