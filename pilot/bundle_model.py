@@ -26,6 +26,24 @@ class _Strict(pydantic.BaseModel):
     model_config = pydantic.ConfigDict(extra="forbid", frozen=True)
 
 
+class TokenRef(_Strict):
+    """Where the job finds the bearer token for the DBB's storage: a reference, never the token."""
+
+    env: str | None = pydantic.Field(
+        default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="Environment variable holding it."
+    )
+    file: str | None = pydantic.Field(default=None, description="Path of a file holding it.")
+
+    @pydantic.model_validator(mode="after")
+    def _exactly_one(self) -> TokenRef:
+        if (self.env is None) == (self.file is None):
+            raise ValueError("give exactly one of 'env' and 'file'")
+        return self
+
+
+_DATABASE_SCHEMES = ("postgresql", "postgres", "sqlite", "mysql", "oracle")
+
+
 class DBBSpec(_Strict):
     """Where the Data BackBone is."""
 
@@ -35,6 +53,16 @@ class DBBSpec(_Strict):
         default=None,
         description="URI of the DBB staging area for committed bundles; default <repo>/pilot-staging.",
     )
+    token: TokenRef | None = pydantic.Field(
+        default=None, description="Bearer token for the DBB's storage (HTTPS), by reference."
+    )
+
+    @pydantic.field_validator("repo", "staging")
+    @classmethod
+    def _no_database_url(cls, value: str | None) -> str | None:
+        if value is not None and value.split(":", 1)[0].split("+", 1)[0].lower() in _DATABASE_SCHEMES:
+            raise ValueError("a bundle must not carry a database URL; give the repository's root URI")
+        return value
 
     def staging_uri(self) -> ResourcePath:
         """Return the staging-area root as a directory URI."""
@@ -74,6 +102,23 @@ class StagingSpec(_Strict):
     verify_checksums: bool = pydantic.Field(
         default=True, description="Verify sizes (and checksums where the DBB records them) of inputs."
     )
+    parallel_transfers: int = pydantic.Field(default=8, ge=1, description="Concurrent file transfers.")
+    retry_attempts: int = pydantic.Field(
+        default=4, ge=1, description="Tries of each transfer before a transient error is final."
+    )
+    retry_backoff_seconds: float = pydantic.Field(
+        default=2.0, ge=0, description="Wait before the first retry; doubles (with jitter) each time."
+    )
+
+
+class ResourceEstimate(_Strict):
+    """What the bundle is expected to need, for a scheduler matching bundles to slots."""
+
+    cores: int = pydantic.Field(default=1, ge=1, description="Cores it runs best on.")
+    memory_mb: int | None = pydantic.Field(default=None, ge=0, description="Peak memory of the job.")
+    seconds: float | None = pydantic.Field(
+        default=None, ge=0, description="Estimated wall time on ``cores`` cores."
+    )
 
 
 class Bundle(_Strict):
@@ -97,6 +142,7 @@ class Bundle(_Strict):
     dbb: DBBSpec
     execution: ExecutionSpec = pydantic.Field(default_factory=ExecutionSpec)
     staging: StagingSpec = pydantic.Field(default_factory=StagingSpec)
+    resources: ResourceEstimate = pydantic.Field(default_factory=ResourceEstimate)
 
     @pydantic.field_validator("quantum_ids")
     @classmethod

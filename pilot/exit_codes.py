@@ -19,6 +19,9 @@ class ExitCode(enum.IntEnum):
     STAGE_OUT_FAILED = 13
     INTERRUPTED = 14
     DBB_ERROR = 15
+    DRAINED = 16
+    AUTH_FAILED = 17
+    SCHEDULER_UNREACHABLE = 18
 
 
 MEANINGS: dict[ExitCode, str] = {
@@ -29,4 +32,7 @@ MEANINGS: dict[ExitCode, str] = {
     ExitCode.STAGE_OUT_FAILED: "outputs could not be staged to the DBB; the workspace keeps them",
     ExitCode.INTERRUPTED: "a signal stopped the run; finished work was kept",
     ExitCode.DBB_ERROR: "the DBB repository is unreachable or refused an operation (central side)",
+    ExitCode.DRAINED: "pilot start: drained on a signal or at end of life; finished work reported",
+    ExitCode.AUTH_FAILED: "the scheduler refused the pilot's token (401/403)",
+    ExitCode.SCHEDULER_UNREACHABLE: "the scheduler could not be reached after retries",
 }
