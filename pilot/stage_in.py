@@ -1,13 +1,13 @@
-"""Stage-in: fetch a bundle's overall inputs from the DBB datastore into the workspace."""
+"""Stage-in: fetch a bundle's overall inputs from the DBB datastore, through the pilot's cache."""
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 import time
 import uuid
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from lsst.daf.butler import DatasetRef, Quantum
@@ -18,7 +18,9 @@ from stagers.base import TransferError
 from stagers.registry import stager_for
 
 from .errors import StageInError
+from .input_cache import InputCache, blake2b_of
 from .report import TransferStats
+from .transfer_retry import RetryCounter, RetryPolicy, with_retries
 from .workspace import DBBDatastore
 
 _LOG = logging.getLogger(__name__)
@@ -64,11 +66,22 @@ def input_files(quanta: Mapping[uuid.UUID, Quantum], datastore_name: str) -> lis
     return sorted(files.values(), key=lambda f: f.relative_path)
 
 
-def stage_in(files: list[InputFile], dbb: DBBDatastore, local_root: Path, *, verify: bool) -> TransferStats:
-    """Fetch ``files`` from the DBB into ``local_root``, verifying size and checksum.
+def stage_in(
+    files: list[InputFile],
+    dbb: DBBDatastore,
+    local_root: Path,
+    cache: InputCache,
+    *,
+    verify: bool,
+    parallel: int = 8,
+    retry: RetryPolicy | None = None,
+) -> StagedInputs:
+    """Fetch ``files`` from the DBB into the pilot's ``cache`` and link them into ``local_root``.
 
-    A file already present with the right size is kept (a resumed bundle fetches
-    nothing twice).  A file that fails verification is fetched once more.
+    A file already cached with the right size is not fetched again (a cache hit).
+    Fetched files are verified (size, and the blake2b checksum where the DBB recorded
+    one); a file failing verification is fetched once more.  Up to ``parallel``
+    transfers run at once; transient transfer errors are retried per ``retry``.
 
     Raises
     ------
@@ -76,47 +89,91 @@ def stage_in(files: list[InputFile], dbb: DBBDatastore, local_root: Path, *, ver
         A file is missing, unreadable, or still wrong after a second fetch; the
         message names the dataset.
     """
-    stats = TransferStats()
+    retry = retry or RetryPolicy()
+    counter = RetryCounter()
     start = time.perf_counter()
-    for item in files:
-        destination = ResourcePath(local_root / item.relative_path)
-        if destination.exists() and (item.size < 0 or destination.size() == item.size):
-            stats.cache_hits += 1
-            continue
-        source = dbb.root.join(item.relative_path)
+    outcomes: list[_Fetched] = []
+    with ThreadPoolExecutor(max_workers=max(1, parallel), thread_name_prefix="stage-in") as pool:
+        futures = [pool.submit(_stage_one, item, dbb, cache, verify, retry, counter) for item in files]
         try:
-            stager = stager_for(source)
-        except LookupError as err:
-            raise StageInError(str(err)) from None
-        for attempt in (1, 2):
-            try:
-                stats.bytes += stager.fetch(source, destination)
-                stats.files += 1
-            except TransferError as err:
-                raise StageInError(f"cannot fetch input {_describe(item.ref)} from {source}: {err}") from None
-            problem = _verification_problem(destination, item) if verify else None
-            if problem is None:
-                break
-            stats.retries += 1
-            _LOG.warning("Input %s %s (attempt %d).", _describe(item.ref), problem, attempt)
-            destination.remove()
-        else:
-            raise StageInError(f"input {_describe(item.ref)} from {source} {problem} after refetching")
+            for future in futures:
+                outcomes.append(future.result())
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
+    stats = TransferStats(
+        files=sum(o.fetched for o in outcomes),
+        bytes=sum(o.bytes for o in outcomes),
+        cache_hits=sum(not o.fetched for o in outcomes),
+        retries=counter.count + sum(o.refetched for o in outcomes),
+    )
+    checksums: dict[str, str] = {}
+    for item, outcome in zip(files, outcomes, strict=True):
+        cache.link_into(item.relative_path, local_root / item.relative_path)
+        if outcome.checksum is not None:
+            checksums[item.relative_path] = outcome.checksum
     stats.seconds = time.perf_counter() - start
-    return stats
+    return StagedInputs(stats, checksums)
 
 
-def _verification_problem(path: ResourcePath, item: InputFile) -> str | None:
+@dataclasses.dataclass(frozen=True)
+class StagedInputs:
+    """What stage-in did, and the blake2b checksum of every input file it knows one for."""
+
+    stats: TransferStats
+    checksums: dict[str, str]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Fetched:
+    fetched: bool
+    bytes: int
+    refetched: int
+    checksum: str | None
+
+
+def _stage_one(
+    item: InputFile,
+    dbb: DBBDatastore,
+    cache: InputCache,
+    verify: bool,
+    retry: RetryPolicy,
+    counter: RetryCounter,
+) -> _Fetched:
+    if cache.lookup(item.relative_path, item.size) is not None:
+        return _Fetched(False, 0, 0, cache.checksum_of(item.relative_path) or item.checksum)
+    source = dbb.root.join(item.relative_path)
+    destination = ResourcePath(cache.path_of(item.relative_path))
+    try:
+        stager = stager_for(source)
+    except LookupError as err:
+        raise StageInError(str(err)) from None
+    copied = 0
+    problem: str | None = None
+    for attempt in (1, 2):
+        try:
+            copied += with_retries(
+                retry, f"fetch of {source}", lambda: stager.fetch(source, destination), counter
+            )
+        except TransferError as err:
+            raise StageInError(f"cannot fetch input {_describe(item.ref)} from {source}: {err}") from None
+        digest = blake2b_of(Path(destination.ospath))
+        problem = _verification_problem(destination, digest, item) if verify else None
+        if problem is None:
+            cache.record_checksum(item.relative_path, digest)
+            return _Fetched(True, copied, attempt - 1, digest)
+        _LOG.warning("Input %s %s (attempt %d).", _describe(item.ref), problem, attempt)
+        destination.remove()
+    raise StageInError(f"input {_describe(item.ref)} from {source} {problem} after refetching")
+
+
+def _verification_problem(path: ResourcePath, digest: str, item: InputFile) -> str | None:
     actual_size = path.size()
     if item.size >= 0 and actual_size != item.size:
         return f"has {actual_size} bytes, the DBB recorded {item.size}"
-    if item.checksum:
-        digest = hashlib.blake2b()
-        with open(path.ospath, "rb") as stream:
-            for block in iter(lambda: stream.read(1 << 20), b""):
-                digest.update(block)
-        if digest.hexdigest() != item.checksum:
-            return "fails its blake2b checksum"
+    if item.checksum and digest != item.checksum:
+        return "fails its blake2b checksum"
     return None
 
 
