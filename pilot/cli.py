@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 import click
 
@@ -15,6 +16,9 @@ from .errors import PilotError
 from .exit_codes import MEANINGS, ExitCode
 from .interruption import stop_on_signals
 from .log_setup import configure_logging
+
+if TYPE_CHECKING:
+    from .runner import RunOutcome
 
 EXIT_CODE_HELP = "\b\nExit codes:\n" + "\n".join(
     f"  {int(code):>3}  {text}" for code, text in MEANINGS.items()
@@ -67,12 +71,13 @@ def bundle(qgraph: str, repo: str, out_dir: Path, max_quanta: int | None, stagin
 
 
 @main.command(epilog=EXIT_CODE_HELP)
-@click.argument("bundle_file", metavar="BUNDLE")
+@click.argument("bundle_files", metavar="BUNDLE...", nargs=-1, required=True)
 @click.option(
     "--workspace",
     type=click.Path(path_type=Path, file_okay=False),
     default=None,
-    help="Scratch directory (default: $_CONDOR_SCRATCH_DIR/pilot-<bundle>, else a new temporary directory).",
+    help="Work area: one <bundle_id>/ workspace per bundle and the shared input-cache/ "
+    "(default: $_CONDOR_SCRATCH_DIR/pilot, else a new temporary directory).",
 )
 @click.option(
     "--processes",
@@ -92,39 +97,76 @@ def bundle(qgraph: str, repo: str, out_dir: Path, max_quanta: int | None, stagin
     show_default=True,
     help="Seconds running quanta get to finish after SIGTERM/SIGINT.",
 )
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Continue an earlier run in the same --workspace (e.g. after a failed stage-out): "
+    "quanta its journal shows succeeded are not run again.",
+)
 def run(
-    bundle_file: str,
+    bundle_files: tuple[str, ...],
     workspace: Path | None,
     processes: int | None,
     memory_per_worker: str | None,
     grace: float,
+    resume: bool,
 ) -> None:
-    """Execute BUNDLE locally (no scheduler): stage in, run, stage out, write report.json."""
+    """Execute each BUNDLE locally (no scheduler): stage in, run, stage out, write report.json.
+
+    Bundles run one after another on one pool of warm workers and share one input
+    cache.  The exit code is the highest of the bundles' codes.
+    """
     from .bundle_model import load_bundle
     from .worker_pool import pool_for
 
-    bundle = _guarded(lambda: load_bundle(bundle_file))
+    bundles = [_guarded(functools.partial(load_bundle, path)) for path in bundle_files]
     # Start the workers first: their forkserver imports the LSST stack while we do.
-    pool = _guarded(lambda: pool_for(bundle.execution, processes, memory_per_worker))
+    pool = _guarded(lambda: pool_for(bundles[0].execution, processes, memory_per_worker))
     from .report import format_task_table
     from .runner import run_bundle
+    from .workspace import pilot_area
 
+    area = _guarded(lambda: pilot_area(workspace))
+    worst = 0
     try:
         with stop_on_signals(signal.SIGTERM, signal.SIGINT) as stop:
-            outcome = _guarded(lambda: run_bundle(bundle_file, workspace, pool=pool, stop=stop, grace=grace))
+            for path in bundle_files:
+                if stop.reason is not None:
+                    break
+                outcome = _guarded(
+                    functools.partial(
+                        run_bundle, path, area, pool=pool, stop=stop, grace=grace, resume=resume
+                    )
+                )
+                _print_outcome(outcome, format_task_table)
+                worst = max(worst, outcome.report.exit_code)
     finally:
         if pool is not None:
             pool.close()
+    sys.exit(worst)
+
+
+def _print_outcome(outcome: RunOutcome, format_task_table: Callable[[dict], str]) -> None:
     report = outcome.report
     where = f"{report.processes} workers" if report.processes else "in-process"
-    click.echo(f"bundle {report.bundle_id}: {report.status} in {report.wall_seconds:.1f} s ({where})")
+    resumed = f", {report.resumed_quanta} resumed from the journal" if report.resumed_quanta else ""
+    click.echo(
+        f"bundle {report.bundle_id}: {report.status} in {report.wall_seconds:.1f} s ({where}{resumed})"
+    )
     click.echo(format_task_table(report.tasks))
+    stats = report.stage_in
+    click.echo(
+        f"stage-in: {stats.files} files fetched ({stats.bytes / 1e6:.1f} MB), {stats.cache_hits} cache hits, "
+        f"{stats.retries} retries"
+    )
     if report.stage_out is not None:
-        click.echo(f"staged {report.stage_out.n_datasets} datasets: {report.stage_out.manifest}")
+        click.echo(
+            f"staged {report.stage_out.n_datasets} datasets ({report.stage_out.transfer.retries} retries): "
+            f"{report.stage_out.manifest}"
+        )
     if report.message:
         click.echo(f"pilot: error: {report.message}", err=True)
     click.echo(f"report: {outcome.report_path}")
-    sys.exit(report.exit_code)
 
 
 @main.command(epilog=EXIT_CODE_HELP)

@@ -115,9 +115,9 @@ def run_demo(
     )
     if processes > 0:
         with WorkerPool(processes) as pool:
-            runs = [run_bundle(path, directory / "workspaces" / path.stem, pool=pool) for path in bundles]
+            runs = [run_bundle(path, directory / "workspaces", pool=pool) for path in bundles]
     else:
-        runs = [run_bundle(path, directory / "workspaces" / path.stem) for path in bundles]
+        runs = [run_bundle(path, directory / "workspaces") for path in bundles]
     ingested = ingest_committed(str(repo))
     with Butler.from_config(str(repo)) as butler:
         n_datasets = len(butler.query_all_datasets(output_run, limit=None))

@@ -14,7 +14,7 @@ import dataclasses
 import logging
 import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 import networkx
 from lsst.daf.butler import Quantum
@@ -121,8 +121,12 @@ def execute_bundle(
     unavailable: Mapping[uuid.UUID, str] | None = None,
     stop: StopRequest | None = None,
     grace: float = 60.0,
+    on_finished: Callable[[QuantumResult], None] | None = None,
 ) -> ExecutionOutcome:
     """Run ``order`` and return one result per quantum, in that order.
+
+    ``on_finished`` is called in this process with each quantum's result as it
+    finishes (the journal).
 
     ``unavailable`` quanta (an input another bundle failed to produce) are blocked
     with the given reason, with their descendants.  A ``stop`` request ends
@@ -130,9 +134,10 @@ def execute_bundle(
     then abandoned; they and the undispatched quanta are ``not_run``.
     """
     stop = stop if stop is not None else StopRequest()
+    finished = on_finished or (lambda result: None)
     if pool is None:
-        return _execute_in_process(qg, spec, order, fail_fast, unavailable or {}, stop)
-    return _PoolExecution(qg, spec, order, pool, fail_fast, unavailable or {}, stop, grace).run()
+        return _execute_in_process(qg, spec, order, fail_fast, unavailable or {}, stop, finished)
+    return _PoolExecution(qg, spec, order, pool, fail_fast, unavailable or {}, stop, grace, finished).run()
 
 
 def _execute_in_process(
@@ -142,6 +147,7 @@ def _execute_in_process(
     fail_fast: bool,
     unavailable: Mapping[uuid.UUID, str],
     stop: StopRequest,
+    on_finished: Callable[[QuantumResult], None],
 ) -> ExecutionOutcome:
     session = BundleSession(spec, qg)
     ledger = _Ledger(qg, order)
@@ -168,6 +174,7 @@ def _execute_in_process(
                 stop_reason = f"interrupted: {err}"
                 ledger.mark_not_run([quantum_id], stop_reason)
                 continue
+            on_finished(result)
             if result.status == "failed":
                 ledger.block(networkx.descendants(xgraph, quantum_id), quantum_id)
                 if fail_fast:
@@ -191,8 +198,10 @@ class _PoolExecution:
         unavailable: Mapping[uuid.UUID, str],
         stop: StopRequest,
         grace: float,
+        on_finished: Callable[[QuantumResult], None],
     ) -> None:
         self.qg = qg
+        self.on_finished = on_finished
         self.spec = spec
         self.pool = pool
         self.fail_fast = fail_fast
@@ -320,6 +329,7 @@ class _PoolExecution:
     def _finish(self, result: QuantumResult) -> None:
         quantum_id = result.quantum_id
         self.ledger.results[quantum_id] = result
+        self.on_finished(result)
         if result.status == "succeeded":
             self.dispatcher.succeeded(quantum_id)
         else:

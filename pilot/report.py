@@ -53,6 +53,8 @@ class QuantumResult(pydantic.BaseModel):
     wall_seconds: float = 0.0
     cpu_seconds: float = 0.0
     max_rss_bytes: int = 0
+    resumed: bool = False
+    """Finished in an earlier run of this bundle in the same workspace (from its journal)."""
     output_dataset_ids: list[uuid.UUID] = pydantic.Field(default_factory=list)
 
 
@@ -96,6 +98,8 @@ class BundleReport(pydantic.BaseModel):
     workspace: str
     processes: int = 0
     workers_replaced: int = 0
+    resumed_quanta: int = 0
+    """Quanta not run again because the workspace's journal shows them succeeded."""
     timings: dict[str, float] = pydantic.Field(default_factory=dict)
     io: dict[str, int] = pydantic.Field(default_factory=dict)
     stage_in: TransferStats

@@ -54,6 +54,31 @@ def read_dbb_datastore(repo: str) -> DBBDatastore:
     return DBBDatastore(name=name, root=root, config=Config(datastore.toDict()))
 
 
+def pilot_area(explicit: Path | None) -> Path:
+    """The pilot's work area: ``explicit``, else ``$_CONDOR_SCRATCH_DIR/pilot``, else a temporary one.
+
+    It holds one workspace per bundle (``<area>/<bundle_id>/``) and the input cache
+    the bundles share (``<area>/input-cache/``).
+    """
+    if explicit is not None:
+        area = explicit
+    elif scratch := os.environ.get("_CONDOR_SCRATCH_DIR"):
+        area = Path(scratch) / "pilot"
+    else:
+        area = Path(tempfile.mkdtemp(prefix="pilot-"))
+    area = area.absolute()
+    try:
+        area.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise BundleError(f"cannot create the pilot work area {area}: {err}") from None
+    return area
+
+
+def input_cache_root(area: Path) -> Path:
+    """Where the pilot-wide input cache lives in the work ``area``."""
+    return area / "input-cache"
+
+
 @dataclasses.dataclass(frozen=True)
 class Workspace:
     """Layout of a bundle's scratch directory.
@@ -68,15 +93,9 @@ class Workspace:
     """No local datastore existed here before: nothing was ever executed in this workspace."""
 
     @classmethod
-    def choose(cls, explicit: Path | None, bundle_id: str) -> Workspace:
-        """``explicit``, else ``$_CONDOR_SCRATCH_DIR/pilot-<bundle>``, else a new temporary directory."""
-        if explicit is not None:
-            root = explicit
-        elif scratch := os.environ.get("_CONDOR_SCRATCH_DIR"):
-            root = Path(scratch) / f"pilot-{bundle_id}"
-        else:
-            root = Path(tempfile.mkdtemp(prefix=f"pilot-{bundle_id}-"))
-        root = root.absolute()
+    def in_area(cls, area: Path, bundle_id: str) -> Workspace:
+        """The workspace of ``bundle_id`` in the pilot's work ``area`` (created if missing)."""
+        root = area / bundle_id
         try:
             root.mkdir(parents=True, exist_ok=True)
         except OSError as err:

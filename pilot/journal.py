@@ -1,0 +1,95 @@
+"""The bundle journal: an append-only, fsynced record of finished quanta in a workspace.
+
+One JSON object per line, appended by the pilot (never by a worker) as each quantum
+finishes, and flushed to disk before the pilot moves on.  A later ``pilot run`` of
+the same bundle in the same workspace (``--resume``, or a re-claim in glidein mode)
+reads it and does not run succeeded quanta again: their outputs are in the
+workspace's datastore.  A torn last line (the pilot was killed while writing it) is
+ignored.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import uuid
+from collections.abc import Iterable
+from pathlib import Path
+
+from lsst.pipe.base.quantum_graph import PredictedQuantumGraph
+
+from .report import QuantumResult
+
+_LOG = logging.getLogger(__name__)
+
+JOURNAL_NAME = "journal.jsonl"
+
+
+class Journal:
+    """Appends quantum results to ``<workspace>/journal.jsonl`` and reads them back."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+
+    def exists(self) -> bool:
+        """Whether an earlier run left a journal here."""
+        return self.path.exists()
+
+    def record(self, result: QuantumResult) -> None:
+        """Append ``result`` and fsync, so a crash right after loses nothing."""
+        line = json.dumps({"event": "finished", "result": result.model_dump(mode="json")}) + "\n"
+        with self._lock, open(self.path, "a", encoding="utf-8") as stream:
+            stream.write(line)
+            stream.flush()
+            os.fsync(stream.fileno())
+
+    def succeeded(self) -> dict[uuid.UUID, QuantumResult]:
+        """The latest result of every quantum whose latest journaled outcome is success."""
+        latest: dict[uuid.UUID, QuantumResult] = {}
+        try:
+            lines = self.path.read_text(encoding="utf-8").splitlines()
+        except FileNotFoundError:
+            return {}
+        for number, line in enumerate(lines, start=1):
+            try:
+                entry = json.loads(line)
+                result = QuantumResult.model_validate(entry["result"])
+            except (ValueError, KeyError) as err:
+                _LOG.warning("Ignoring unreadable line %d of %s: %s", number, self.path, err)
+                continue
+            latest[result.quantum_id] = result
+        return {q: r for q, r in latest.items() if r.status == "succeeded"}
+
+
+def quanta_to_skip(
+    qg: PredictedQuantumGraph,
+    order: Iterable[uuid.UUID],
+    succeeded: Iterable[uuid.UUID],
+    transient: Iterable[str],
+) -> set[uuid.UUID]:
+    """Journaled successes that need not run again.
+
+    A success is run again if it produced a transient (never written) dataset that
+    a quantum still to run consumes: only a rerun can hand that dataset on.
+    """
+    members = set(order)
+    skip = set(succeeded) & members
+    transient_types = set(transient)
+    if not transient_types:
+        return skip
+    bipartite = qg.bipartite_xgraph
+    changed = True
+    while changed:
+        changed = False
+        for producer in sorted(skip, key=str):
+            for dataset_id in bipartite.successors(producer):
+                if bipartite.nodes[dataset_id]["dataset_type_name"] not in transient_types:
+                    continue
+                if any(c in members and c not in skip for c in bipartite.successors(dataset_id)):
+                    skip.discard(producer)
+                    changed = True
+                    break
+    return skip
