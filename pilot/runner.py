@@ -15,17 +15,23 @@ from activators.registry import activator_class
 
 from .bundle_model import Bundle, load_bundle
 from .bundle_session import SessionSpec
+from .chaining_butler import IoCounts
+from .dbb_token import apply_token
 from .errors import BundleError, PilotError
-from .execution import consumers_of, execute_bundle, execution_order
+from .execution import ExecutionOutcome, consumers_of, execute_bundle, execution_order
 from .exit_codes import ExitCode
+from .input_cache import InputCache
 from .interruption import StopRequest
+from .journal import JOURNAL_NAME, Journal, quanta_to_skip
+from .provenance import build_provenance, output_files
 from .qgraph_io import load_bundle_graph
 from .report import BundleReport, count_statuses, environment, now
 from .stage_in import input_files, stage_in
 from .stage_out import produced_refs, stage_out
+from .transfer_retry import RetryPolicy
 from .upstream_inputs import fetch_upstream, upstream_refs
 from .worker_pool import WorkerPool
-from .workspace import Workspace, read_dbb_datastore
+from .workspace import Workspace, input_cache_root, pilot_area, read_dbb_datastore
 
 _LOG = logging.getLogger(__name__)
 
@@ -44,16 +50,21 @@ class RunOutcome:
 
 def run_bundle(
     bundle_path: str | Path,
-    workspace_dir: Path | None = None,
+    area: Path | None = None,
     *,
     pool: WorkerPool | None = None,
     stop: StopRequest | None = None,
     grace: float = 60.0,
+    resume: bool = False,
+    site: str | None = None,
 ) -> RunOutcome:
     """Validate, stage in, execute, stage out and report one bundle.
 
-    ``pool`` is the pilot's warm worker pool; without one the quanta run in this
-    process.
+    The bundle's workspace is ``<area>/<bundle_id>/``; inputs go through the area's
+    input cache, shared by every bundle the pilot runs there.  ``pool`` is the
+    pilot's warm worker pool; without one the quanta run in this process.  Quanta
+    the workspace's journal shows succeeded are not run again; ``resume`` demands
+    such a journal (resuming after a failed stage-out, say).
 
     Raises
     ------
@@ -69,13 +80,30 @@ def run_bundle(
     qgraph_uri = bundle.qgraph_uri(bundle_uri)
     qg = load_bundle_graph(qgraph_uri, bundle.quantum_ids)
     _check_consistency(bundle, qg)
+    area = pilot_area(area)
+    workspace = Workspace.in_area(area, bundle.bundle_id)
+    journal = Journal(workspace.root / JOURNAL_NAME)
+    if resume and not journal.exists():
+        raise BundleError(
+            f"nothing to resume: workspace {workspace.root} has no journal of bundle {bundle.bundle_id}"
+        )
+    apply_token(bundle.dbb.token)
     dbb = read_dbb_datastore(bundle.dbb.repo)
-    workspace = Workspace.choose(workspace_dir, bundle.bundle_id)
     local_repo = workspace.write_local_repo_config(dbb)
     loaded = time.perf_counter()
     quanta = qg.build_execution_quanta(bundle.quantum_ids)
     recorded = input_files(quanta, dbb.name)
-    stage_in_stats = stage_in(recorded, dbb, workspace.repo, verify=bundle.staging.verify_checksums)
+    retry = RetryPolicy(bundle.staging.retry_attempts, bundle.staging.retry_backoff_seconds)
+    staged_inputs = stage_in(
+        recorded,
+        dbb,
+        workspace.repo,
+        InputCache(input_cache_root(area), dbb.root),
+        verify=bundle.staging.verify_checksums,
+        parallel=bundle.staging.parallel_transfers,
+        retry=retry,
+    )
+    stage_in_stats = staged_inputs.stats
     missing_upstream = fetch_upstream(
         upstream_refs(quanta, bundle.dbb.output_run, recorded),
         bundle.depends_on,
@@ -85,7 +113,18 @@ def run_bundle(
         stage_in_stats,
     )
     staged_in = time.perf_counter()
-    if pool is not None:
+    order = execution_order(qg, bundle.quantum_ids)
+    journaled = journal.succeeded()
+    skipped = quanta_to_skip(qg, order, journaled, bundle.execution.transient_dataset_types)
+    to_run = [q for q in order if q not in skipped]
+    if skipped:
+        _LOG.warning(
+            "Bundle %s: %d quanta succeeded in an earlier run here; running the other %d.",
+            bundle.bundle_id,
+            len(skipped),
+            len(to_run),
+        )
+    if pool is not None and to_run:
         pool.wait_ready()
     pool_ready = time.perf_counter()
     spec = SessionSpec(
@@ -98,18 +137,26 @@ def run_bundle(
         transient=tuple(bundle.execution.transient_dataset_types),
         fresh_workspace=workspace.fresh,
     )
-    execution = execute_bundle(
-        qg,
-        spec,
-        execution_order(qg, bundle.quantum_ids),
-        pool=pool,
-        fail_fast=bundle.execution.fail_fast,
-        unavailable=consumers_of(quanta, missing_upstream),
-        stop=stop,
-        grace=grace,
+    execution = (
+        execute_bundle(
+            qg,
+            spec,
+            to_run,
+            pool=pool,
+            fail_fast=bundle.execution.fail_fast,
+            unavailable=consumers_of(quanta, missing_upstream),
+            stop=stop,
+            grace=grace,
+            on_finished=journal.record,
+        )
+        if to_run
+        else ExecutionOutcome([], IoCounts(), {})
     )
     executed = time.perf_counter()
-    results = execution.results
+    ran = {result.quantum_id: result for result in execution.results}
+    for quantum_id in skipped:
+        ran[quantum_id] = journaled[quantum_id].model_copy(update={"resumed": True})
+    results = [ran[quantum_id] for quantum_id in order]
     refs = produced_refs(qg, quanta, results, str(local_repo), execution.records)
     staged = {ref.id for ref in refs}
     for result in results:
@@ -141,6 +188,7 @@ def run_bundle(
         workspace=str(workspace.root),
         processes=pool.size if pool is not None else 0,
         workers_replaced=execution.workers_replaced,
+        resumed_quanta=len(skipped),
         stage_in=stage_in_stats,
         io=dataclasses.asdict(execution.io),
         quanta=results,
@@ -148,6 +196,19 @@ def run_bundle(
     )
     if bundle.staging.stage_out:
         try:
+            provenance = build_provenance(
+                bundle_id=bundle.bundle_id,
+                output_run=bundle.dbb.output_run,
+                source_qgraph=bundle.source_qgraph,
+                site=site,
+                quanta=quanta,
+                results=results,
+                input_checksums={
+                    item.ref.id: (item.size, staged_inputs.checksums.get(item.relative_path))
+                    for item in recorded
+                },
+                outputs=output_files(qg, str(local_repo), refs, execution.records),
+            )
             report.stage_out = stage_out(
                 qg=qg,
                 refs=refs,
@@ -156,8 +217,10 @@ def run_bundle(
                 local_repo=str(local_repo),
                 work_dir=workspace.stage_out_dir,
                 report_json=report.model_dump_json(indent=2).encode(),
+                provenance_json=provenance.model_dump_json(indent=2).encode(),
                 staging_root=bundle.dbb.staging_uri(),
                 records=execution.records,
+                retry=retry,
             )
         except PilotError as err:
             report.exit_code = int(err.exit_code)

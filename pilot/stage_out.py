@@ -4,6 +4,7 @@ Layout under the staging root (default ``<repo>/pilot-staging/``)::
 
     <bundle_id>/<attempt>/<dataset-ids-hash>.zip   outputs, in the zip format ``Butler.ingest_zip`` takes
     <bundle_id>/<attempt>/report.json              the bundle report
+    <bundle_id>/<attempt>/provenance.json          host, site, software, per-quantum files and checksums
     <bundle_id>/manifest.json                      written last and atomically: the commit
 
 Nothing is visible to ``pilot ingest`` until ``manifest.json`` exists, and it only
@@ -34,6 +35,7 @@ from stagers.registry import stager_for
 from .errors import StageOutError
 from .local_butler import workspace_butler
 from .report import QuantumResult, StageOutRecord, TransferStats, now
+from .transfer_retry import RetryCounter, RetryPolicy, with_retries
 
 _LOG = logging.getLogger(__name__)
 
@@ -52,6 +54,7 @@ class Manifest(pydantic.BaseModel):
     zip_sha256: str | None = None
     n_datasets: int = 0
     report: str
+    provenance: str | None = None
     committed_at: str
 
 
@@ -100,10 +103,14 @@ def stage_out(
     local_repo: str,
     work_dir: Path,
     report_json: bytes,
+    provenance_json: bytes | None = None,
     staging_root: ResourcePath,
     records: Mapping[str, DatastoreRecordData] | None = None,
+    retry: RetryPolicy | None = None,
 ) -> StageOutRecord:
-    """Zip ``refs`` from the local datastore, upload zip and report, then commit the manifest.
+    """Zip ``refs`` from the local datastore, upload zip, report and provenance, then commit.
+
+    Transient transfer failures are retried per ``retry`` (counted in the record).
 
     Raises
     ------
@@ -128,6 +135,17 @@ def stage_out(
     attempt_dir = bundle_dir.join(f"{attempt}/", forceDirectory=True)
     report_local = ResourcePath(work_dir / "report.json")
     report_local.write(report_json, overwrite=True)
+    provenance_local = ResourcePath(work_dir / "provenance.json")
+    if provenance_json is not None:
+        provenance_local.write(provenance_json, overwrite=True)
+    retry = retry or RetryPolicy()
+    counter = RetryCounter()
+
+    def upload(source: ResourcePath, destination: ResourcePath) -> int:
+        return with_retries(
+            retry, f"upload of {destination}", lambda: _upload(stager, source, destination, stats), counter
+        )
+
     try:
         stager = stager_for(bundle_dir)
         zip_name: str | None = None
@@ -136,8 +154,12 @@ def stage_out(
         if zip_path is not None:
             zip_name = f"{attempt}/{zip_path.basename()}"
             zip_sha256 = _sha256(Path(zip_path.ospath))
-            zip_size = _upload(stager, zip_path, attempt_dir.join(zip_path.basename()), stats)
-        _upload(stager, report_local, attempt_dir.join("report.json"), stats)
+            zip_size = upload(zip_path, attempt_dir.join(zip_path.basename()))
+        upload(report_local, attempt_dir.join("report.json"))
+        provenance_name: str | None = None
+        if provenance_json is not None:
+            upload(provenance_local, attempt_dir.join("provenance.json"))
+            provenance_name = f"{attempt}/provenance.json"
         manifest = Manifest(
             bundle_id=bundle_id,
             output_run=output_run,
@@ -147,11 +169,18 @@ def stage_out(
             zip_sha256=zip_sha256,
             n_datasets=len(refs),
             report=f"{attempt}/report.json",
+            provenance=provenance_name,
             committed_at=now().isoformat(),
         )
-        stager.commit(manifest.model_dump_json(indent=2).encode(), bundle_dir.join(MANIFEST_NAME))
+        content = manifest.model_dump_json(indent=2).encode()
+        manifest_uri = bundle_dir.join(MANIFEST_NAME)
+        with_retries(
+            retry, f"commit of {manifest_uri}", lambda: stager.commit(content, manifest_uri), counter
+        )
     except (TransferError, LookupError) as err:
         raise StageOutError(f"stage-out of bundle {bundle_id} to {bundle_dir} failed: {err}") from None
+    finally:
+        stats.retries = counter.count
     stats.seconds = time.perf_counter() - start
     _LOG.info("Committed %d datasets of bundle %s to %s.", len(refs), bundle_id, bundle_dir)
     return StageOutRecord(
