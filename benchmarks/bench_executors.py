@@ -554,7 +554,7 @@ def run_pilot(
         command += ["--processes", str(processes)]
     run = run_measured(command, logs / f"{key}-run.log")
     result.fill_from(run)
-    report_path = workspace / "report.json"
+    report_path = workspace / bundle_file.stem / "report.json"
     if not report_path.exists():
         result.error = f"pilot run exited {run.exit_code} without report.json:\n{log_tail(run.log)}"
         return result

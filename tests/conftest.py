@@ -37,6 +37,8 @@ class TaskSpec:
     fail_condition: str = ""
     fail_signal: int | None = None
     sleep: float = 0.0
+    shared_input: str | None = None
+    """A second input with only the instrument dimension: one dataset every quantum reads."""
 
 
 CHAIN3 = (
@@ -62,7 +64,16 @@ def build_graph(repo: Path, output_run: str, qgraph: Path, tasks: Sequence[TaskS
                 inputs={
                     "input": DynamicConnectionConfig(
                         dataset_type_name=spec.input, dimensions=list(DIMENSIONS)
-                    )
+                    ),
+                    **(
+                        {
+                            "shared": DynamicConnectionConfig(
+                                dataset_type_name=spec.shared_input, dimensions=["instrument"]
+                            )
+                        }
+                        if spec.shared_input
+                        else {}
+                    ),
                 },
                 outputs={
                     "output": DynamicConnectionConfig(
@@ -130,9 +141,13 @@ def pilot(
     )
 
 
-def read_report(workspace: Path) -> dict:
-    """Load a workspace's report.json."""
-    return json.loads((workspace / "report.json").read_text())
+def read_report(area: Path, bundle_id: str | None = None) -> dict:
+    """Load the report.json of ``bundle_id`` (default: the only bundle) in a ``pilot run`` work area."""
+    if bundle_id is None:
+        (path,) = area.glob("*/report.json")
+    else:
+        path = area / bundle_id / "report.json"
+    return json.loads(path.read_text())
 
 
 @pytest.fixture
@@ -150,23 +165,34 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture
-def webdav(tmp_path: Path) -> Iterator[str]:
-    """Serve ``tmp_path/dav`` over WebDAV; yield its root URL."""
-    root = tmp_path / "dav"
-    root.mkdir()
-    port = _free_port()
+def start_webdav(root: Path, port: int, faults: dict[str, str] | None = None) -> subprocess.Popen:
+    """Start the test WebDAV server serving ``root`` on ``port`` (see webdav_server.py for ``faults``)."""
+    root.mkdir(parents=True, exist_ok=True)
     server = subprocess.Popen(
         [sys.executable, str(Path(__file__).parent / "webdav_server.py"), str(root), str(port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        env={**os.environ, **(faults or {})},
     )
     _wait_for_port(port, server, "WebDAV server")
+    return server
+
+
+def stop_process(process: subprocess.Popen) -> None:
+    """Terminate ``process`` and wait for it."""
+    process.terminate()
+    process.wait(timeout=30)
+
+
+@pytest.fixture
+def webdav(tmp_path: Path) -> Iterator[str]:
+    """Serve ``tmp_path/dav`` over WebDAV; yield its root URL."""
+    port = _free_port()
+    server = start_webdav(tmp_path / "dav", port)
     try:
         yield f"http://127.0.0.1:{port}/"
     finally:
-        server.terminate()
-        server.wait(timeout=30)
+        stop_process(server)
 
 
 def _wait_for_port(port: int, process: subprocess.Popen | None, what: str) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from conftest import TaskSpec, build_graph, pilot
+from conftest import TaskSpec, build_graph, pilot, read_report
 from lsst.pipe.base.quantum_graph import PredictedQuantumGraph
 
 from pilot.chains import find_chains, pack_chains
@@ -114,7 +114,7 @@ def test_upstream_failure_blocks_downstream_bundle(tmp_path: Path) -> None:
     assert pilot("run", upstream, "--workspace", tmp_path / "up").returncode == 10
     result = pilot("run", downstream, "--workspace", tmp_path / "down")
     assert result.returncode == 10, result.stderr  # QUANTA_FAILED, not a silent "no work" success
-    (quantum,) = json.loads((tmp_path / "down" / "report.json").read_text())["quanta"]
+    (quantum,) = read_report(tmp_path / "down")["quanta"]
     assert quantum["status"] == "blocked"
     assert (
         quantum["caveat"]

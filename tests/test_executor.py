@@ -136,8 +136,8 @@ def test_transient_dataset_is_never_written(tmp_path: Path) -> None:
     report = read_report(tmp_path / "ws")
     assert report["io"]["transient_datasets_not_written"] == 4
     assert report["io"]["intermediate_bytes_read"] == 0
-    assert not list((tmp_path / "ws" / "repo").rglob("mid_*"))
-    assert len(list((tmp_path / "ws" / "repo").rglob("final_*"))) == 4
+    assert not list((tmp_path / "ws" / bundle.stem / "repo").rglob("mid_*"))
+    assert len(list((tmp_path / "ws" / bundle.stem / "repo").rglob("final_*"))) == 4
     assert report["stage_out"]["n_datasets"] == 4 * 2 + 4 * 3  # t0: metadata+log; t1: final+metadata+log
     # A quantum and its transient input's producer share a worker.
     by_key = {(q["task_label"], q["data_id"]["detector"]): q for q in report["quanta"]}

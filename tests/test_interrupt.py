@@ -26,7 +26,9 @@ def test_sigterm_keeps_finished_work(tmp_path: Path) -> None:
         stderr=subprocess.PIPE,
         text=True,
     )
-    first_chain_done = workspace / "repo" / "test" / "run1" / "b_log"  # a quantum writes its log last
+    first_chain_done = (
+        workspace / bundle.stem / "repo" / "test" / "run1" / "b_log"
+    )  # a quantum writes its log last
     deadline = time.monotonic() + 120  # a bound on waiting, not an assertion on speed
     while not (first_chain_done.exists() and any(first_chain_done.iterdir())):
         assert proc.poll() is None, proc.communicate()

@@ -65,9 +65,14 @@ def test_rerun_after_success_adds_no_duplicates(campaign: Campaign) -> None:
     first = campaign.datasets_in_run()
     assert len(first) == 18 + 4  # 6 quanta x (output, metadata, log) + 3 configs + packages
 
-    # Same workspace: every quantum finds its outputs and is not recomputed.
-    result = pilot("run", bundle, "--workspace", workspace)
+    # Same workspace: the journal shows every quantum succeeded; none runs again.
+    result = pilot("run", bundle, "--workspace", workspace, "--resume")
     assert result.returncode == 0, result.stderr
+    report = read_report(workspace)
+    assert report["resumed_quanta"] == 6 and all(q["resumed"] for q in report["quanta"])
+    # Without the journal, each quantum still finds its outputs in the workspace.
+    (workspace / bundle.stem / "journal.jsonl").unlink()
+    assert pilot("run", bundle, "--workspace", workspace).returncode == 0
     report = read_report(workspace)
     assert {q["caveat"] for q in report["quanta"]} == {"outputs already in workspace"}
     # Fresh workspace: recomputed, staged again, and ingest registers nothing new.

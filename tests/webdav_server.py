@@ -2,10 +2,18 @@
 
 Like the production doors (dCache, XRootD), it creates missing parent collections on
 PUT; stock wsgidav answers 409 instead, which the butler's datastore does not expect.
+
+Faults for the tests, from the environment:
+
+- ``DAV_FAIL_PUTS=N``: answer 500 to the first N PUTs (counted in ``$DAV_STATE/failed_puts``);
+- ``DAV_STALL_ZIP_PUT=1``: on a PUT of a ``.zip``, create ``$DAV_STATE/zip_put_started``
+  and stall (a client killed meanwhile leaves a partial upload at most).
 """
 
 import os
 import sys
+import threading
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 from urllib.parse import unquote
@@ -26,6 +34,33 @@ def create_parents_on_put(app: Callable[..., Iterable[bytes]], root: str) -> Cal
     return wrapped
 
 
+def inject_faults(app: Callable[..., Iterable[bytes]], state: str) -> Callable[..., Iterable[bytes]]:
+    """Wrap ``app`` with the faults the environment asks for (see the module docstring)."""
+    fail_puts = int(os.environ.get("DAV_FAIL_PUTS", "0"))
+    stall_zip = bool(os.environ.get("DAV_STALL_ZIP_PUT"))
+    lock = threading.Lock()
+    failed = [0]
+
+    def wrapped(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        if environ.get("REQUEST_METHOD") == "PUT":
+            with lock:
+                fail = failed[0] < fail_puts
+                if fail:
+                    failed[0] += 1
+                    with open(os.path.join(state, "failed_puts"), "w") as stream:
+                        stream.write(str(failed[0]))
+            if fail:
+                start_response("500 Internal Server Error", [("Content-Type", "text/plain")])
+                return [b"injected failure\n"]
+            if stall_zip and environ.get("PATH_INFO", "").endswith(".zip"):
+                environ["wsgi.input"].read(1024)  # part of the upload has arrived
+                open(os.path.join(state, "zip_put_started"), "w").close()
+                time.sleep(3600)
+        return app(environ, start_response)
+
+    return wrapped
+
+
 if __name__ == "__main__":
     root, port = sys.argv[1], int(sys.argv[2])
     app = WsgiDAVApp(
@@ -38,4 +73,5 @@ if __name__ == "__main__":
             "logging": {"enable": False},
         }
     )
-    wsgi.Server(("127.0.0.1", port), create_parents_on_put(app, root)).start()
+    state = os.environ.get("DAV_STATE", root)
+    wsgi.Server(("127.0.0.1", port), inject_faults(create_parents_on_put(app, root), state)).start()
