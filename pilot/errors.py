@@ -39,3 +39,9 @@ class InterruptedRun(PilotError):
     """A signal stopped the run."""
 
     exit_code = ExitCode.INTERRUPTED
+
+
+class SlotError(PilotError):
+    """The slot description (the HTCondor machine ad) is malformed."""
+
+    exit_code = ExitCode.BAD_BUNDLE
