@@ -189,6 +189,58 @@ def ingest(repo: str, staging: str | None) -> None:
 
 
 @main.command(epilog=EXIT_CODE_HELP)
+@click.argument("bundle_dir", type=click.Path(path_type=Path, file_okay=False, exists=True))
+@click.option("--repo", required=True, help="DBB butler repository (committed bundles are ingested into it).")
+@click.option("--staging", default=None, help="Staging-area URI as seen here (default: each bundle's).")
+@click.option(
+    "--db", default=None, help="Queue database URL (default: sqlite:///BUNDLE_DIR/scheduler.sqlite3)."
+)
+@click.option(
+    "--token-file", required=True, type=click.Path(path_type=Path), help="File with the bearer token."
+)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option(
+    "--port", type=click.IntRange(0, 65535), default=8470, show_default=True, help="0: any free port."
+)
+@click.option(
+    "--lease-ttl", type=click.FloatRange(0.1), default=120.0, show_default=True, help="Lease seconds."
+)
+@click.option(
+    "--seconds-per-quantum",
+    type=click.FloatRange(0),
+    default=10.0,
+    show_default=True,
+    help="Wall-time estimate per quantum of bundles without resources.seconds.",
+)
+@click.option(
+    "--max-attempts", type=click.IntRange(1), default=3, show_default=True, help="Tries of a quantum."
+)
+@click.option("--threads", type=click.IntRange(1), default=16, show_default=True, help="Request threads.")
+def serve(
+    bundle_dir: Path,
+    repo: str,
+    staging: str | None,
+    db: str | None,
+    token_file: Path,
+    host: str,
+    port: int,
+    lease_ttl: float,
+    seconds_per_quantum: float,
+    max_attempts: int,
+    threads: int,
+) -> None:
+    """Hand the bundles in BUNDLE_DIR to pilots (protocol v1); ingest what they stage."""
+    from .scheduler.server import ServeOptions, serve
+    from .scheduler.service import Settings
+    from .token_file import read_token
+
+    token = _guarded(lambda: read_token(token_file))
+    options = ServeOptions(bundle_dir, repo, token, db=db, host=host, port=port, threads=threads)
+    settings = Settings(lease_ttl, seconds_per_quantum, max_attempts, staging=staging)
+    _guarded(lambda: serve(options, settings))
+
+
+@main.command(epilog=EXIT_CODE_HELP)
 @click.argument("directory", type=click.Path(path_type=Path, file_okay=False), default=Path("pilot-demo"))
 @click.option("--detectors", type=click.IntRange(1, 1000), default=24, show_default=True, help="Data IDs.")
 @click.option("--sleep", type=float, default=0.02, show_default=True, help="Seconds each mock task sleeps.")

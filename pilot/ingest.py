@@ -75,6 +75,15 @@ def ingest_committed(repo: str, staging: str | None = None) -> list[BundleIngest
         butler.close()
 
 
+def ingest_bundle_dir(butler: Butler, bundle_dir: ResourcePath) -> BundleIngest | None:
+    """Ingest one bundle's committed stage-out (as ``ingest_committed`` does); None if not committed."""
+    stager = stager_for(bundle_dir)
+    manifest_uri = bundle_dir.join(MANIFEST_NAME)
+    if not stager.exists(manifest_uri):
+        return None
+    return _ingest_one(butler, bundle_dir, read_manifest(stager.read(manifest_uri)))
+
+
 def _ingest_one(butler: Butler, bundle_dir: ResourcePath, manifest: Manifest) -> BundleIngest:
     stager = stager_for(bundle_dir)
     marker = bundle_dir.join(INGESTED_NAME)

@@ -1,0 +1,198 @@
+"""Load test of ``pilot serve``: many simulated pilots claiming, heartbeating and reporting.
+
+Synthetic bundles (fake quantum IDs, ``resources.seconds`` set, no graph) are queued in a
+real ``pilot serve`` on 127.0.0.1; ``--pilots`` simulated pilots (threads spread over
+``--procs`` processes, each with the real ``SchedulerClient``) loop claim → heartbeat × H →
+report until the queue is empty.  Prints claims/s and the claim latency percentiles per
+store (sqlite file; PostgreSQL started from ``initdb``/``pg_ctl`` unless ``--postgres-url``).
+
+    .venv/bin/python benchmarks/bench_scheduler.py --pilots 200 --bundles 2000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from pilot.protocol import Heartbeat, Report, Slot
+from pilot.scheduler_client import SchedulerClient
+
+TOKEN = "bench-token"
+
+
+def write_bundles(directory: Path, n: int, quanta: int) -> None:
+    directory.mkdir(parents=True)
+    for i in range(n):
+        doc = {
+            "schema_version": 1,
+            "bundle_id": f"bench-b{i:06d}",
+            "qgraph": "bench.qg",
+            "quantum_ids": [str(uuid.uuid4()) for _ in range(quanta)],
+            "dbb": {"repo": str(directory.parent / "dbb"), "output_run": "bench/run"},
+            "resources": {"cores": 1 + i % 4, "seconds": 60 + i % 600},
+        }
+        (directory / f"bench-b{i:06d}.json").write_text(json.dumps(doc))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def pilot_serve(bundle_dir: Path, db: str | None, threads: int) -> Iterator[str]:
+    token_file = bundle_dir.parent / "token"
+    token_file.write_text(TOKEN)
+    port = free_port()
+    command = [sys.executable, "-m", "pilot.cli", "serve", str(bundle_dir), "--repo", str(bundle_dir.parent)]
+    command += ["--token-file", str(token_file), "--port", str(port), "--threads", str(threads)]
+    command += ["--db", db] if db else []
+    server = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout is not None and "queued" in server.stdout.readline(), "pilot serve did not start"
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+
+
+@contextmanager
+def postgres() -> Iterator[str]:
+    """A throw-away PostgreSQL server (as 'nobody' when run as root)."""
+    base = tempfile.mkdtemp(prefix="bench-pg-")
+    port = free_port()
+    as_user = ["su", "nobody", "-s", "/bin/sh", "-c"] if os.geteuid() == 0 else ["/bin/sh", "-c"]
+    if os.geteuid() == 0:
+        shutil.chown(base, user="nobody")
+    data = os.path.join(base, "data")
+    subprocess.run([*as_user, f"initdb -D {data} -A trust -U pilot"], check=True, capture_output=True)
+    options = f"-p {port} -k {base} -h 127.0.0.1 -c max_connections=200"
+    subprocess.run(
+        [*as_user, f"pg_ctl -D {data} -o '{options}' -l {base}/log -w start"], check=True, capture_output=True
+    )
+    try:
+        yield f"postgresql+psycopg://pilot@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run([*as_user, f"pg_ctl -D {data} -m fast stop"], capture_output=True)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _pilot(url: str, name: str, heartbeats: int, latencies: list[float], counts: list[int]) -> None:
+    client = SchedulerClient(url, TOKEN, retries=5, backoff=0.2, timeout=120)
+    slot = Slot(cores=4, memory_mb=16000, walltime_left_s=3600)
+    while True:
+        start = time.perf_counter()
+        answer = client.claim(name, slot)
+        latencies.append(time.perf_counter() - start)
+        if answer.bundle is None or answer.lease is None:
+            break
+        for done in range(heartbeats):
+            client.heartbeat(answer.lease.lease_id, Heartbeat(quanta_done=done, quanta_running=1))
+        ids = answer.bundle["quantum_ids"]
+        client.report(
+            answer.lease.lease_id,
+            Report(status="succeeded", exit_code=0, succeeded_quantum_ids=ids, staged=False),
+        )
+        counts.append(2 + heartbeats)
+    client.close()
+
+
+def _process(url: str, first: int, n_threads: int, heartbeats: int, out: multiprocessing.Queue) -> None:
+    latencies: list[float] = []
+    counts: list[int] = []
+    threads = [
+        threading.Thread(target=_pilot, args=(url, f"pilot-{first + i}", heartbeats, latencies, counts))
+        for i in range(n_threads)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    out.put((latencies, len(counts), sum(counts)))
+
+
+def run_store(name: str, db: str | None, args: argparse.Namespace) -> dict[str, float]:
+    with tempfile.TemporaryDirectory(prefix=f"bench-sched-{name}-") as tmp:
+        bundle_dir = Path(tmp) / "bundles"
+        write_bundles(bundle_dir, args.bundles, args.quanta)
+        with pilot_serve(bundle_dir, db, args.threads) as url:
+            out: multiprocessing.Queue = multiprocessing.Queue()
+            per_proc = args.pilots // args.procs
+            procs = [
+                multiprocessing.Process(
+                    target=_process, args=(url, i * per_proc, per_proc, args.heartbeats, out)
+                )
+                for i in range(args.procs)
+            ]
+            start = time.perf_counter()
+            for proc in procs:
+                proc.start()
+            results = [out.get() for _ in procs]
+            wall = time.perf_counter() - start
+            for proc in procs:
+                proc.join()
+            status = SchedulerClient(url, TOKEN).status()
+    latencies = sorted(x for lat, _, _ in results for x in lat)
+    claims = sum(n for _, n, _ in results)
+    requests = sum(r for _, _, r in results) + len(latencies) - claims  # + the no-work claims
+    assert claims == args.bundles and status.bundles["done"] == args.bundles, status
+    return {
+        "claims": claims,
+        "wall_s": wall,
+        "claims_per_s": claims / wall,
+        "requests_per_s": requests / wall,
+        "p50_ms": 1000 * statistics.median(latencies),
+        "p99_ms": 1000 * latencies[int(0.99 * (len(latencies) - 1))],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pilots", type=int, default=200)
+    parser.add_argument("--procs", type=int, default=4, help="client processes the pilots are spread over")
+    parser.add_argument("--bundles", type=int, default=2000)
+    parser.add_argument("--quanta", type=int, default=20, help="quanta per bundle")
+    parser.add_argument("--heartbeats", type=int, default=2, help="heartbeats per claimed bundle")
+    parser.add_argument("--threads", type=int, default=32, help="pilot serve --threads")
+    parser.add_argument("--stores", default="sqlite,postgresql")
+    parser.add_argument("--postgres-url", default=None)
+    args = parser.parse_args()
+    rows = []
+    for store in args.stores.split(","):
+        if store == "sqlite":
+            rows.append(("sqlite", run_store("sqlite", None, args)))
+        elif args.postgres_url:
+            rows.append(("postgresql", run_store("postgresql", args.postgres_url, args)))
+        else:
+            with postgres() as url:
+                rows.append(("postgresql", run_store("postgresql", url, args)))
+    print(
+        f"{args.pilots} pilots, {args.bundles} bundles, {args.heartbeats} heartbeats each, "
+        f"{os.cpu_count()} cores"
+    )
+    print("| store | claims | wall s | claims/s | requests/s | claim p50 ms | claim p99 ms |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for store, r in rows:
+        print(
+            f"| {store} | {r['claims']:.0f} | {r['wall_s']:.1f} | {r['claims_per_s']:.0f} | "
+            f"{r['requests_per_s']:.0f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} |"
+        )
+
+
+if __name__ == "__main__":
+    main()

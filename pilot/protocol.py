@@ -1,0 +1,174 @@
+"""The scheduler protocol: HTTP + JSON documents exchanged by ``pilot start`` and ``pilot serve``.
+
+Every path is under ``/v1/`` and every request carries ``Authorization: Bearer <token>``.
+The JSON Schemas of these models ship in ``pilot/schemas/protocol/`` (regenerate with
+``python -m pilot.protocol``; a test checks they are current).  See ``docs/protocol.md``.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+from typing import Any, Literal
+
+import pydantic
+
+PROTOCOL_VERSION = "v1"
+SCHEMA_DIR = Path(__file__).parent / "schemas" / "protocol"
+
+
+class _Message(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid")
+
+
+class Slot(_Message):
+    """What the claiming pilot can offer."""
+
+    cores: int = pydantic.Field(ge=1, description="Cores the pilot may use.")
+    memory_mb: int | None = pydantic.Field(default=None, ge=0, description="Memory; null = unknown.")
+    disk_mb: int | None = pydantic.Field(default=None, ge=0, description="Scratch disk; null = unknown.")
+    walltime_left_s: float | None = pydantic.Field(
+        default=None, ge=0, description="Seconds the slot has left; null = unknown (no limit)."
+    )
+    site: str | None = pydantic.Field(default=None, description="Where the pilot runs (informational).")
+
+
+class ClaimRequest(_Message):
+    """``POST /v1/claim``: ask for a bundle that fits the slot."""
+
+    pilot_id: str = pydantic.Field(min_length=1, max_length=200, description="Unique name of the pilot.")
+    slot: Slot
+
+
+class Lease(_Message):
+    """The pilot's hold on a claimed bundle; it lapses unless heartbeats extend it."""
+
+    lease_id: str
+    expires_at: str = pydantic.Field(description="UTC time, ISO 8601.")
+    ttl_s: float = pydantic.Field(description="Each heartbeat extends the lease by this much.")
+
+
+class ClaimResponse(_Message):
+    """Answer to a claim: a bundle and its lease, or no work (ask again after ``retry_after_s``)."""
+
+    bundle: dict[str, Any] | None = pydantic.Field(
+        default=None,
+        description="The bundle document (bundle.schema.json), qgraph an absolute URI, depends_on "
+        "naming every committed upstream bundle to read inputs from.",
+    )
+    lease: Lease | None = None
+    no_work: bool = False
+    retry_after_s: float | None = None
+
+    @pydantic.model_validator(mode="after")
+    def _one_answer(self) -> ClaimResponse:
+        if self.no_work == (self.bundle is not None) or (self.bundle is None) != (self.lease is None):
+            raise ValueError("a claim response has either bundle and lease, or no_work")
+        return self
+
+
+class Heartbeat(_Message):
+    """``POST /v1/leases/{lease_id}/heartbeat``: progress; extends the lease."""
+
+    quanta_done: int = pydantic.Field(default=0, ge=0)
+    quanta_failed: int = pydantic.Field(default=0, ge=0)
+    quanta_running: int = pydantic.Field(default=0, ge=0)
+    finished_quantum_ids: list[uuid.UUID] | None = pydantic.Field(
+        default=None, description="Quanta finished so far (informational: only a final report counts)."
+    )
+
+
+class HeartbeatResponse(_Message):
+    """The lease's new expiry."""
+
+    expires_at: str
+    ttl_s: float
+
+
+class Release(_Message):
+    """``POST /v1/leases/{lease_id}/release``: drain; unfinished quanta go back to the queue at once."""
+
+    succeeded_quantum_ids: list[uuid.UUID] = pydantic.Field(default_factory=list)
+    failed_quantum_ids: list[uuid.UUID] = pydantic.Field(
+        default_factory=list, description="Failed quanta, and the quanta they blocked."
+    )
+    staged: bool = pydantic.Field(description="A manifest was committed for this bundle's outputs.")
+
+
+class Report(Release):
+    """``POST /v1/leases/{lease_id}/report``: the final, idempotent outcome of a bundle."""
+
+    status: Literal["succeeded", "partial", "failed", "interrupted", "error"] = pydantic.Field(
+        description="Bundle status as in report.json; 'error' if it stopped before executing."
+    )
+    exit_code: int = pydantic.Field(description="The exit code 'pilot run' would have given.")
+
+
+class FinishResponse(_Message):
+    """What the scheduler made of a report or release (the same answer if repeated)."""
+
+    bundle_id: str
+    state: Literal["done", "failed"]
+    remainder_bundle_id: str | None = pydantic.Field(
+        default=None, description="The new bundle holding the quanta that neither succeeded nor failed."
+    )
+    requeued_quanta: int = 0
+    abandoned_quanta: int = pydantic.Field(
+        default=0, description="Unfinished quanta not re-queued: their bundle used up its attempts."
+    )
+    ingest: Literal["queued", "not_staged"]
+
+
+class PilotStatus(_Message):
+    """One pilot as the scheduler last heard from it."""
+
+    pilot_id: str
+    last_seen: str
+    last_heartbeat: str | None
+    bundle_id: str | None = pydantic.Field(description="Bundle it holds a lease on, if any.")
+
+
+class StatusResponse(_Message):
+    """``GET /v1/status``."""
+
+    bundles: dict[str, int] = pydantic.Field(description="Bundles per state: queued, running, done, failed.")
+    waiting: int = pydantic.Field(description="Queued bundles whose upstream bundles are not finished.")
+    ingest: dict[str, int] = pydantic.Field(description="Staged bundles: ingested, pending, failed.")
+    pilots: list[PilotStatus]
+
+
+class ErrorResponse(_Message):
+    """Body of every 4xx/5xx answer."""
+
+    error: str
+
+
+MESSAGES: dict[str, type[pydantic.BaseModel]] = {
+    "claim-request": ClaimRequest,
+    "claim-response": ClaimResponse,
+    "heartbeat-request": Heartbeat,
+    "heartbeat-response": HeartbeatResponse,
+    "report-request": Report,
+    "release-request": Release,
+    "finish-response": FinishResponse,
+    "status-response": StatusResponse,
+    "error-response": ErrorResponse,
+}
+
+
+def json_schemas() -> dict[str, str]:
+    """Return ``{file name: schema text}`` as shipped in ``pilot/schemas/protocol/``."""
+    out = {}
+    for name, model in MESSAGES.items():
+        schema = model.model_json_schema()
+        schema["$id"] = f"https://quanta-pilot/schemas/protocol/{PROTOCOL_VERSION}/{name}.json"
+        out[f"{name}.json"] = json.dumps(schema, indent=2, sort_keys=True) + "\n"
+    return out
+
+
+if __name__ == "__main__":  # pragma: no cover - maintenance entry point
+    SCHEMA_DIR.mkdir(parents=True, exist_ok=True)
+    for file_name, text in json_schemas().items():
+        (SCHEMA_DIR / file_name).write_text(text)
+    print(f"wrote {len(MESSAGES)} schemas to {SCHEMA_DIR}")

@@ -1,0 +1,60 @@
+"""What a bundle left committed in the staging area (read when its lease lapsed)."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import uuid
+
+from lsst.resources import ResourcePath
+
+from stagers.base import TransferError
+from stagers.registry import stager_for
+
+from ..report import BundleReport
+from ..stage_out import MANIFEST_NAME, read_manifest
+
+_LOG = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class CommittedOutcome:
+    """Quanta a committed stage-out accounts for."""
+
+    succeeded: frozenset[uuid.UUID]
+    failed: frozenset[uuid.UUID]
+
+
+def bundle_staging_dir(staging_root: ResourcePath, bundle_id: str) -> ResourcePath:
+    """Return ``<staging>/<bundle_id>/``."""
+    return staging_root.join(f"{bundle_id}/", forceDirectory=True)
+
+
+def is_committed(bundle_dir: ResourcePath) -> bool:
+    """Say whether the bundle's ``manifest.json`` exists."""
+    try:
+        return stager_for(bundle_dir).exists(bundle_dir.join(MANIFEST_NAME))
+    except (TransferError, LookupError) as err:
+        _LOG.warning("Cannot check %s for a committed manifest: %s", bundle_dir, err)
+        return False
+
+
+def committed_outcome(bundle_dir: ResourcePath) -> CommittedOutcome | None:
+    """Read the committed manifest and its report; None if nothing was committed.
+
+    Blocked quanta count as failed (they cannot run before their failed producer is
+    fixed); ``not_run`` quanta are unfinished.
+    """
+    try:
+        stager = stager_for(bundle_dir)
+        manifest_uri = bundle_dir.join(MANIFEST_NAME)
+        if not stager.exists(manifest_uri):
+            return None
+        manifest = read_manifest(stager.read(manifest_uri))
+        report = BundleReport.model_validate_json(stager.read(bundle_dir.join(manifest.report)))
+    except Exception as err:  # an unreadable commit is treated as no commit: everything re-runs
+        _LOG.warning("Cannot read the committed stage-out in %s: %s", bundle_dir, err)
+        return None
+    succeeded = frozenset(q.quantum_id for q in report.quanta if q.status == "succeeded")
+    failed = frozenset(q.quantum_id for q in report.quanta if q.status in ("failed", "blocked"))
+    return CommittedOutcome(succeeded, failed)

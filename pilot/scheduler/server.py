@@ -1,0 +1,82 @@
+"""``pilot serve``: queue a bundle directory and serve it over HTTP with cheroot."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import signal
+import threading
+import time
+from pathlib import Path
+from types import FrameType
+
+from cheroot import wsgi
+from lsst.resources import ResourcePath
+
+from .app import SchedulerApp
+from .ingester import Ingester
+from .loader import load_bundle_dir
+from .service import Scheduler, Settings
+from .store import QueueStore
+
+_LOG = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class ServeOptions:
+    """Where to listen and what to serve."""
+
+    bundle_dir: Path
+    repo: str
+    token: str
+    db: str | None = None  # default sqlite:///<bundle_dir>/scheduler.sqlite3
+    host: str = "127.0.0.1"
+    port: int = 8470
+    threads: int = 16
+
+
+def serve(options: ServeOptions, settings: Settings) -> None:
+    """Queue the bundles, then answer requests until SIGTERM or SIGINT."""
+    db = options.db or f"sqlite:///{(options.bundle_dir / 'scheduler.sqlite3').absolute()}"
+    remainder_dir = options.bundle_dir.absolute() / "remainders"
+    remainder_dir.mkdir(exist_ok=True)
+    store = QueueStore(db, pool_size=options.threads + 2)
+    scheduler = Scheduler(store, ResourcePath(remainder_dir, forceDirectory=True), settings)
+    added, known = load_bundle_dir(scheduler, options.bundle_dir)
+    ingester = Ingester(options.repo, store, scheduler.staging_dir)
+    scheduler.on_staged.append(ingester.submit)
+    for bundle_id in store.pending_ingests():  # staged before a restart, not yet ingested
+        ingester.submit(bundle_id)
+    ingester.start()
+    stop = threading.Event()
+    sweeper = threading.Thread(target=_sweep, args=(scheduler, stop), name="lease-expiry", daemon=True)
+    sweeper.start()
+    server = wsgi.Server((options.host, options.port), SchedulerApp(scheduler, options.token))
+    server.numthreads = options.threads
+    server.prepare()
+    host, port = server.bind_addr[:2]
+    print(f"pilot serve: {added} bundles queued ({known} known) at http://{host}:{port}/v1/", flush=True)
+    signal.signal(signal.SIGTERM, _exit_on_signal)
+    try:
+        server.serve()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stop.set()
+        server.stop()
+        ingester.stop()
+        store.close()
+
+
+def _exit_on_signal(signum: int, _frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def _sweep(scheduler: Scheduler, stop: threading.Event) -> None:
+    """Expire lapsed leases even when no request comes in."""
+    interval = max(0.2, min(5.0, scheduler.settings.lease_ttl / 4))
+    while not stop.wait(interval):
+        try:
+            scheduler.expire_due(time.time())
+        except Exception:  # keep sweeping: a database hiccup must not stop expiry for good
+            _LOG.exception("Lease expiry sweep failed")

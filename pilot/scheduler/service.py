@@ -1,0 +1,212 @@
+"""The scheduler's operations: claim, heartbeat, report/release and lease expiry.
+
+This joins the queue store with the bundle files and the staging area: it decides what
+a finished or lapsed lease leaves behind (a remainder bundle, an ingest) and lets the
+store apply it in one transaction.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from typing import Literal
+
+from lsst.resources import ResourcePath
+
+from ..bundle_model import Bundle, load_bundle
+from ..protocol import (
+    ClaimRequest,
+    ClaimResponse,
+    FinishResponse,
+    Heartbeat,
+    HeartbeatResponse,
+    Lease,
+    Release,
+    Report,
+    StatusResponse,
+)
+from .errors import LeaseGone, RequestError
+from .fit import estimated_seconds
+from .outcome import bundle_staging_dir, committed_outcome, is_committed
+from .remainder import make_remainder, remainder_id, write_remainder
+from .store import BundleRow, FinishPlan, QueueStore, iso
+
+_LOG = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Knobs of ``pilot serve``."""
+
+    lease_ttl: float = 120.0
+    seconds_per_quantum: float = 10.0
+    max_attempts: int = 3
+    retry_after: float = 10.0
+    staging: str | None = None  # the staging area as the scheduler sees it; default the bundle's
+
+
+class Scheduler:
+    """Hands bundles of ``store`` to pilots; writes remainder bundles into ``remainder_dir``."""
+
+    def __init__(self, store: QueueStore, remainder_dir: ResourcePath, settings: Settings) -> None:
+        self.store = store
+        self.settings = settings
+        self._remainder_dir = remainder_dir
+        self._bundles: dict[str, Bundle] = {}
+        self._sweeping = threading.Lock()
+        self.on_staged: list[Callable[[str], None]] = []  # called with each newly staged bundle
+
+    def bundle(self, path: str) -> Bundle:
+        """Read a bundle file once (bundle files never change)."""
+        if (bundle := self._bundles.get(path)) is None:
+            bundle = self._bundles[path] = load_bundle(path)
+        return bundle
+
+    def row_for(self, bundle: Bundle, path: str) -> BundleRow:
+        """Describe an original (not a remainder) bundle for the store."""
+        return BundleRow(
+            bundle_id=bundle.bundle_id,
+            path=path,
+            n_quanta=len(bundle.quantum_ids),
+            cores=bundle.resources.cores,
+            memory_mb=bundle.resources.memory_mb,
+            est_seconds=estimated_seconds(bundle, self.settings.seconds_per_quantum),
+            root=bundle.bundle_id,
+        )
+
+    def staging_dir(self, bundle_id: str) -> ResourcePath:
+        """Return ``<staging>/<bundle_id>/`` as the scheduler reaches it."""
+        if self.settings.staging is not None:
+            root = ResourcePath(self.settings.staging, forceDirectory=True)
+        else:
+            root = self.bundle(self.store.bundle_row(bundle_id).path).dbb.staging_uri()
+        return bundle_staging_dir(root, bundle_id)
+
+    def claim(self, request: ClaimRequest) -> ClaimResponse:
+        now = time.time()
+        self.expire_due(now)
+        claimed = self.store.claim(request.pilot_id, request.slot, now, self.settings.lease_ttl)
+        if claimed is None:
+            return ClaimResponse(no_work=True, retry_after_s=self.settings.retry_after)
+        bundle = self.bundle(claimed.path)
+        document = bundle.model_copy(
+            update={
+                "qgraph": str(bundle.qgraph_uri(ResourcePath(claimed.path))),
+                "depends_on": claimed.upstream,
+            }
+        )
+        _LOG.info("Pilot %s claimed bundle %s.", request.pilot_id, claimed.bundle_id)
+        return ClaimResponse(
+            bundle=document.model_dump(mode="json"),
+            lease=Lease(
+                lease_id=claimed.lease_id, expires_at=iso(claimed.expires_at), ttl_s=self.settings.lease_ttl
+            ),
+        )
+
+    def heartbeat(self, lease_id: str, beat: Heartbeat) -> HeartbeatResponse:
+        now = time.time()
+        self.expire_due(now)
+        progress = beat.model_dump_json(exclude={"finished_quantum_ids"})
+        expires = self.store.heartbeat(lease_id, progress, now, self.settings.lease_ttl)
+        return HeartbeatResponse(expires_at=iso(expires), ttl_s=self.settings.lease_ttl)
+
+    def finish(
+        self, lease_id: str, message: Report | Release, kind: Literal["report", "release"]
+    ) -> FinishResponse:
+        """Apply a final report or a release; a repeat gets the first answer."""
+        now = time.time()
+        self.expire_due(now)
+        view = self.store.lease_view(lease_id)
+        if view.state == "finished" and view.result is not None:
+            return view.result
+        if view.state != "active":
+            raise LeaseGone(f"lease {lease_id} expired: its quanta were re-queued")
+        bundle = self.bundle(view.bundle.path)
+        succeeded, failed = set(message.succeeded_quantum_ids), set(message.failed_quantum_ids)
+        unknown = (succeeded | failed) - set(bundle.quantum_ids)
+        if unknown:
+            raise RequestError(f"quantum {min(map(str, unknown))} is not in bundle {bundle.bundle_id}")
+        if succeeded & failed:
+            raise RequestError(f"quantum {min(map(str, succeeded & failed))} is both succeeded and failed")
+        staged = message.staged
+        if staged and not is_committed(self.staging_dir(bundle.bundle_id)):
+            _LOG.warning("Bundle %s reported staged, but no manifest is committed.", bundle.bundle_id)
+            staged = False
+        plan = self._plan(view.bundle, bundle, succeeded, failed, staged, kind, now, lease_id)
+        result = self.store.finish(plan)
+        assert result is not None
+        self._after(plan, result)
+        return result
+
+    def expire_due(self, now: float) -> None:
+        """Expire every lapsed lease: its unfinished quanta go back to the queue."""
+        if not self._sweeping.acquire(blocking=False):
+            return  # another thread is sweeping
+        try:
+            for lease_id, bundle_id in self.store.due_leases(now):
+                row = self.store.bundle_row(bundle_id)
+                bundle = self.bundle(row.path)
+                outcome = committed_outcome(self.staging_dir(bundle_id))
+                succeeded = set(outcome.succeeded) if outcome else set()
+                failed = set(outcome.failed) if outcome else set()
+                plan = self._plan(
+                    row, bundle, succeeded, failed, outcome is not None, "expiry", now, lease_id
+                )
+                result = self.store.finish(plan)
+                if result is not None:
+                    _LOG.warning(
+                        "Lease %s on bundle %s lapsed: %d quanta re-queued as %s.",
+                        lease_id,
+                        bundle_id,
+                        result.requeued_quanta,
+                        result.remainder_bundle_id,
+                    )
+                    self._after(plan, result)
+        finally:
+            self._sweeping.release()
+
+    def status(self) -> StatusResponse:
+        return self.store.status()
+
+    def _plan(
+        self,
+        row: BundleRow,
+        bundle: Bundle,
+        succeeded: set[uuid.UUID],
+        failed: set[uuid.UUID],
+        staged: bool,
+        kind: Literal["report", "release", "expiry"],
+        now: float,
+        lease_id: str,
+    ) -> FinishPlan:
+        unfinished = [q for q in bundle.quantum_ids if q not in succeeded and q not in failed]
+        # A drain is not the bundle's fault; a report or a lapse with work left over is.
+        attempts = row.attempts + (0 if kind == "release" else 1)
+        abandoned = len(unfinished) if unfinished and attempts >= self.settings.max_attempts else 0
+        remainder = None
+        if unfinished and not abandoned:
+            new_id = remainder_id(row.root, row.generation + 1)
+            rest = make_remainder(bundle, ResourcePath(row.path), new_id, unfinished, staged)
+            path = str(write_remainder(rest, self._remainder_dir))
+            self._bundles[path] = rest
+            remainder = dataclasses.replace(
+                self.row_for(rest, path), root=row.root, generation=row.generation + 1, attempts=attempts
+            )
+        result = FinishResponse(
+            bundle_id=bundle.bundle_id,
+            state="failed" if failed or abandoned else "done",
+            remainder_bundle_id=None if remainder is None else remainder.bundle_id,
+            requeued_quanta=0 if remainder is None else len(unfinished),
+            abandoned_quanta=abandoned,
+            ingest="queued" if staged else "not_staged",
+        )
+        return FinishPlan(lease_id, bundle.bundle_id, kind, now, staged, result, remainder)
+
+    def _after(self, plan: FinishPlan, result: FinishResponse) -> None:
+        if plan.staged:
+            for callback in self.on_staged:
+                callback(plan.bundle_id)

@@ -1,0 +1,370 @@
+"""The queue of bundles, leases and pilots in a SQL database (sqlite or PostgreSQL).
+
+Every change is one transaction.  Races are settled by conditional updates whose row
+count is checked: a bundle goes ``queued → running`` only ``WHERE state = 'queued'``,
+a lease ends only ``WHERE state = 'active'``, so two pilots never get one bundle and a
+lease is finished (reported, released or expired) exactly once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import logging
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, Literal
+
+import sqlalchemy as sa
+
+from ..protocol import FinishResponse, PilotStatus, Slot, StatusResponse
+from .errors import LeaseGone, LeaseNotFound
+from .tables import bundles, deps, leases, metadata, pilots
+
+_LOG = logging.getLogger(__name__)
+
+FINISHED = ("done", "failed")
+
+
+def iso(t: float) -> str:
+    """Format an epoch time as UTC ISO 8601."""
+    return datetime.datetime.fromtimestamp(t, datetime.UTC).isoformat(timespec="milliseconds")
+
+
+@dataclasses.dataclass(frozen=True)
+class BundleRow:
+    """What the queue records of one bundle."""
+
+    bundle_id: str
+    path: str
+    n_quanta: int
+    cores: int
+    memory_mb: int | None
+    est_seconds: float
+    root: str
+    generation: int = 0
+    attempts: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Claimed:
+    """A bundle handed to a pilot."""
+
+    bundle_id: str
+    path: str
+    lease_id: str
+    expires_at: float
+    upstream: list[str]  # committed bundles whose outputs it may consume, in queue order
+
+
+@dataclasses.dataclass(frozen=True)
+class LeaseView:
+    """A lease and the bundle it holds."""
+
+    state: str
+    result: FinishResponse | None
+    bundle: BundleRow
+
+
+@dataclasses.dataclass(frozen=True)
+class FinishPlan:
+    """The end of a lease, decided by the caller from the bundle file and staging."""
+
+    lease_id: str
+    bundle_id: str
+    kind: Literal["report", "release", "expiry"]
+    now: float
+    staged: bool
+    result: FinishResponse
+    remainder: BundleRow | None
+
+
+def _engine(url: str, pool_size: int) -> sa.Engine:
+    if url.startswith("sqlite"):
+        engine = sa.create_engine(url, connect_args={"timeout": 60, "check_same_thread": False})
+
+        @sa.event.listens_for(engine, "connect")
+        def _connect(dbapi_connection: Any, _record: Any) -> None:
+            # Let SQLAlchemy's "begin" below start transactions (pysqlite's own are deferred).
+            dbapi_connection.isolation_level = None
+            dbapi_connection.execute("PRAGMA journal_mode=WAL")
+            dbapi_connection.execute("PRAGMA synchronous=NORMAL")
+
+        @sa.event.listens_for(engine, "begin")
+        def _begin(connection: sa.Connection) -> None:
+            # Take the write lock up front: a read-then-write transaction never fails to upgrade.
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+        return engine
+    return sa.create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+
+
+class QueueStore:
+    """Bundles, their dependencies, leases and pilots, in the database at ``url``."""
+
+    def __init__(self, url: str, pool_size: int = 16) -> None:
+        self.url = url
+        self._engine = _engine(url, pool_size)
+        metadata.create_all(self._engine)
+
+    def close(self) -> None:
+        self._engine.dispose()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sa.Connection]:
+        with self._engine.begin() as conn:
+            yield conn
+
+    def add_bundle(self, row: BundleRow, depends_on: list[str]) -> bool:
+        """Queue a bundle unless it is known already; return whether it was added."""
+        with self._tx() as conn:
+            return self._insert_bundle(conn, row, depends_on)
+
+    def _insert_bundle(self, conn: sa.Connection, row: BundleRow, depends_on: list[str]) -> bool:
+        if conn.execute(sa.select(bundles.c.bundle_id).where(bundles.c.bundle_id == row.bundle_id)).first():
+            return False
+        seq = conn.execute(sa.select(sa.func.coalesce(sa.func.max(bundles.c.seq), 0))).scalar_one() + 1
+        conn.execute(
+            bundles.insert().values(
+                **dataclasses.asdict(row), seq=seq, state="queued", staged=False, ingest="none"
+            )
+        )
+        for dep in dict.fromkeys(depends_on):
+            conn.execute(deps.insert().values(bundle_id=row.bundle_id, dep_id=dep))
+        return True
+
+    def claim(self, pilot_id: str, slot: Slot, now: float, ttl: float) -> Claimed | None:
+        """Lease the first queued, ready bundle that fits ``slot``; None if there is none."""
+        b = bundles
+        fits = [b.c.state == "queued", b.c.cores <= slot.cores, ~self._waiting(b)]
+        if slot.memory_mb is not None:
+            fits.append(sa.or_(b.c.memory_mb.is_(None), b.c.memory_mb <= slot.memory_mb))
+        if slot.walltime_left_s is not None:
+            fits.append(b.c.est_seconds <= slot.walltime_left_s)
+        query = sa.select(b.c.bundle_id, b.c.path).where(*fits).order_by(b.c.seq).limit(8)
+        with self._tx() as conn:
+            self._seen(conn, pilot_id, now)
+            for _ in range(3):
+                candidates = conn.execute(query).all()
+                if not candidates:
+                    return None
+                for bundle_id, path in candidates:
+                    lease_id = uuid.uuid4().hex
+                    taken = conn.execute(
+                        b.update()
+                        .where(b.c.bundle_id == bundle_id, b.c.state == "queued")
+                        .values(state="running", lease_id=lease_id)
+                    )
+                    if taken.rowcount != 1:
+                        continue  # another pilot got it first
+                    conn.execute(
+                        leases.insert().values(
+                            lease_id=lease_id,
+                            bundle_id=bundle_id,
+                            pilot_id=pilot_id,
+                            state="active",
+                            expires_at=now + ttl,
+                        )
+                    )
+                    conn.execute(
+                        pilots.update().where(pilots.c.pilot_id == pilot_id).values(lease_id=lease_id)
+                    )
+                    return Claimed(bundle_id, path, lease_id, now + ttl, self._upstream(conn, bundle_id))
+        return None
+
+    @staticmethod
+    def _waiting(b: sa.Table) -> sa.ColumnElement[bool]:
+        """True for a bundle with an upstream bundle not finished (or not known)."""
+        u = bundles.alias("u")
+        finished = sa.exists().where(u.c.bundle_id == deps.c.dep_id, u.c.state.in_(FINISHED))
+        return sa.exists().where(deps.c.bundle_id == b.c.bundle_id, ~finished)
+
+    @staticmethod
+    def _upstream(conn: sa.Connection, bundle_id: str) -> list[str]:
+        query = (
+            sa.select(deps.c.dep_id)
+            .join(bundles, bundles.c.bundle_id == deps.c.dep_id)
+            .where(deps.c.bundle_id == bundle_id, bundles.c.staged)
+            .order_by(bundles.c.seq)
+        )
+        return list(conn.execute(query).scalars())
+
+    @staticmethod
+    def _seen(conn: sa.Connection, pilot_id: str, now: float, heartbeat: bool = False) -> None:
+        values: dict[str, float] = {"last_seen": now}
+        if heartbeat:
+            values["last_heartbeat"] = now
+        if conn.execute(pilots.update().where(pilots.c.pilot_id == pilot_id).values(**values)).rowcount == 0:
+            conn.execute(pilots.insert().values(pilot_id=pilot_id, **values))
+
+    def heartbeat(self, lease_id: str, progress: str, now: float, ttl: float) -> float:
+        """Extend an active lease; return its new expiry.
+
+        A lease past its expiry that was not yet expired is extended: its pilot is alive.
+        """
+        with self._tx() as conn:
+            extended = conn.execute(
+                leases.update()
+                .where(leases.c.lease_id == lease_id, leases.c.state == "active")
+                .values(expires_at=now + ttl, progress=progress)
+            )
+            if extended.rowcount != 1:
+                self._refuse(conn, lease_id)
+            pilot_id = conn.execute(
+                sa.select(leases.c.pilot_id).where(leases.c.lease_id == lease_id)
+            ).scalar_one()
+            self._seen(conn, pilot_id, now, heartbeat=True)
+        return now + ttl
+
+    @staticmethod
+    def _refuse(conn: sa.Connection, lease_id: str) -> None:
+        state = conn.execute(sa.select(leases.c.state).where(leases.c.lease_id == lease_id)).scalar()
+        if state is None:
+            raise LeaseNotFound(f"no lease {lease_id}")
+        raise LeaseGone(f"lease {lease_id} is {state}: its bundle is no longer this pilot's")
+
+    def lease_view(self, lease_id: str) -> LeaseView:
+        """Return a lease's state, its recorded result and its bundle."""
+        with self._engine.connect() as conn:
+            row = conn.execute(
+                sa.select(leases.c.state, leases.c.result, *_ROW_COLUMNS)
+                .join(bundles, bundles.c.bundle_id == leases.c.bundle_id)
+                .where(leases.c.lease_id == lease_id)
+            ).first()
+        if row is None:
+            raise LeaseNotFound(f"no lease {lease_id}")
+        result = None if row.result is None else FinishResponse.model_validate_json(row.result)
+        return LeaseView(row.state, result, BundleRow(*row[2:]))
+
+    def finish(self, plan: FinishPlan) -> FinishResponse | None:
+        """End a lease as ``plan`` says, once: a repeated report gets the first answer back.
+
+        An expiry of a lease that is no longer due (a heartbeat came, or a report) does
+        nothing and returns None.
+
+        Raises
+        ------
+        LeaseGone
+            The lease expired (its quanta were re-queued).
+        """
+        lease_state = "expired" if plan.kind == "expiry" else "finished"
+        ending = [leases.c.lease_id == plan.lease_id, leases.c.state == "active"]
+        if plan.kind == "expiry":
+            ending.append(leases.c.expires_at < plan.now)  # not if a heartbeat just extended it
+        with self._tx() as conn:
+            ended = conn.execute(
+                leases.update().where(*ending).values(state=lease_state, result=plan.result.model_dump_json())
+            )
+            if ended.rowcount != 1:
+                if plan.kind == "expiry":
+                    return None
+                row = conn.execute(
+                    sa.select(leases.c.state, leases.c.result).where(leases.c.lease_id == plan.lease_id)
+                ).first()
+                if row is not None and row.state == "finished":
+                    return FinishResponse.model_validate_json(row.result)
+                self._refuse(conn, plan.lease_id)
+            remainder = plan.remainder.bundle_id if plan.remainder else None
+            conn.execute(
+                bundles.update()
+                .where(bundles.c.bundle_id == plan.bundle_id)
+                .values(
+                    state=plan.result.state,
+                    lease_id=None,
+                    remainder=remainder,
+                    staged=plan.staged,
+                    ingest="pending" if plan.staged else "none",
+                    finished_at=plan.now,
+                )
+            )
+            conn.execute(pilots.update().where(pilots.c.lease_id == plan.lease_id).values(lease_id=None))
+            if plan.remainder is not None:
+                self._queue_remainder(conn, plan.bundle_id, plan.remainder, plan.staged)
+        return plan.result
+
+    def _queue_remainder(self, conn: sa.Connection, parent: str, row: BundleRow, parent_staged: bool) -> None:
+        inherited = list(conn.execute(sa.select(deps.c.dep_id).where(deps.c.bundle_id == parent)).scalars())
+        self._insert_bundle(conn, row, inherited + ([parent] if parent_staged else []))
+        # Bundles still waiting for the parent now wait for (and read from) the remainder too.
+        waiting_for_parent = (
+            sa.select(deps.c.bundle_id)
+            .join(bundles, bundles.c.bundle_id == deps.c.bundle_id)
+            .where(deps.c.dep_id == parent, bundles.c.state == "queued", deps.c.bundle_id != row.bundle_id)
+        )
+        for waiter in list(conn.execute(waiting_for_parent).scalars()):
+            conn.execute(deps.insert().values(bundle_id=waiter, dep_id=row.bundle_id))
+
+    def due_leases(self, now: float) -> list[tuple[str, str]]:
+        """Return ``(lease_id, bundle_id)`` of active leases past their expiry."""
+        with self._engine.connect() as conn:
+            query = sa.select(leases.c.lease_id, leases.c.bundle_id).where(
+                leases.c.state == "active", leases.c.expires_at < now
+            )
+            return [(lease_id, bundle_id) for lease_id, bundle_id in conn.execute(query)]
+
+    def bundle_row(self, bundle_id: str) -> BundleRow:
+        with self._engine.connect() as conn:
+            row = conn.execute(sa.select(*_ROW_COLUMNS).where(bundles.c.bundle_id == bundle_id)).one()
+        return BundleRow(*row)
+
+    def pending_ingests(self) -> list[str]:
+        """Bundles reported staged whose ingest has not finished, in queue order."""
+        with self._engine.connect() as conn:
+            query = (
+                sa.select(bundles.c.bundle_id).where(bundles.c.ingest == "pending").order_by(bundles.c.seq)
+            )
+            return list(conn.execute(query).scalars())
+
+    def set_ingest(self, bundle_id: str, state: Literal["done", "failed"]) -> None:
+        with self._tx() as conn:
+            conn.execute(bundles.update().where(bundles.c.bundle_id == bundle_id).values(ingest=state))
+
+    def status(self) -> StatusResponse:
+        """Counts of bundles per state, staged bundles per ingest state, and the pilots."""
+        with self._engine.connect() as conn:
+            by_state: dict[str, int] = dict(
+                conn.execute(sa.select(bundles.c.state, sa.func.count()).group_by(bundles.c.state)).all()
+            )
+            waiting = conn.execute(
+                sa.select(sa.func.count()).where(bundles.c.state == "queued", self._waiting(bundles))
+            ).scalar_one()
+            by_ingest: dict[str, int] = dict(
+                conn.execute(
+                    sa.select(bundles.c.ingest, sa.func.count())
+                    .where(bundles.c.ingest != "none")
+                    .group_by(bundles.c.ingest)
+                ).all()
+            )
+            rows = conn.execute(
+                sa.select(pilots, leases.c.bundle_id)
+                .outerjoin(leases, leases.c.lease_id == pilots.c.lease_id)
+                .order_by(pilots.c.pilot_id)
+            ).all()
+        return StatusResponse(
+            bundles={state: int(by_state.get(state, 0)) for state in ("queued", "running", *FINISHED)},
+            waiting=int(waiting),
+            ingest={state: int(by_ingest.get(state, 0)) for state in ("pending", "done", "failed")},
+            pilots=[
+                PilotStatus(
+                    pilot_id=row.pilot_id,
+                    last_seen=iso(row.last_seen),
+                    last_heartbeat=None if row.last_heartbeat is None else iso(row.last_heartbeat),
+                    bundle_id=row.bundle_id,
+                )
+                for row in rows
+            ],
+        )
+
+
+_ROW_COLUMNS = (
+    bundles.c.bundle_id,
+    bundles.c.path,
+    bundles.c.n_quanta,
+    bundles.c.cores,
+    bundles.c.memory_mb,
+    bundles.c.est_seconds,
+    bundles.c.root,
+    bundles.c.generation,
+    bundles.c.attempts,
+)

@@ -1,0 +1,58 @@
+"""The scheduler's database schema (SQLAlchemy Core; sqlite or PostgreSQL)."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+metadata = sa.MetaData()
+
+bundles = sa.Table(
+    "pilot_bundles",
+    metadata,
+    sa.Column("bundle_id", sa.String(128), primary_key=True),
+    sa.Column("seq", sa.Integer, nullable=False, index=True),
+    sa.Column("path", sa.Text, nullable=False),  # absolute URI of the bundle file
+    sa.Column("state", sa.String(16), nullable=False, index=True),  # queued running done failed
+    sa.Column("n_quanta", sa.Integer, nullable=False),
+    sa.Column("cores", sa.Integer, nullable=False),
+    sa.Column("memory_mb", sa.Integer, nullable=True),
+    sa.Column("est_seconds", sa.Float, nullable=False),
+    sa.Column("root", sa.String(128), nullable=False),  # the original bundle of a remainder chain
+    sa.Column("generation", sa.Integer, nullable=False),  # 0 original, n the n-th remainder
+    sa.Column("attempts", sa.Integer, nullable=False),  # failed attempts of this chain so far
+    sa.Column("lease_id", sa.String(64), nullable=True),
+    sa.Column("remainder", sa.String(128), nullable=True),
+    sa.Column("staged", sa.Boolean, nullable=False),
+    sa.Column("ingest", sa.String(16), nullable=False),  # none pending done failed
+    sa.Column("finished_at", sa.Float, nullable=True),
+)
+
+# Edges "bundle_id waits for dep_id".  A remainder of dep_id inherits dep_id's edges, so
+# readiness and the upstream list handed to a pilot follow re-queued quanta.
+deps = sa.Table(
+    "pilot_deps",
+    metadata,
+    sa.Column("bundle_id", sa.String(128), primary_key=True),
+    sa.Column("dep_id", sa.String(128), primary_key=True, index=True),
+)
+
+leases = sa.Table(
+    "pilot_leases",
+    metadata,
+    sa.Column("lease_id", sa.String(64), primary_key=True),
+    sa.Column("bundle_id", sa.String(128), nullable=False, index=True),
+    sa.Column("pilot_id", sa.String(200), nullable=False),
+    sa.Column("state", sa.String(16), nullable=False, index=True),  # active expired finished
+    sa.Column("expires_at", sa.Float, nullable=False),
+    sa.Column("progress", sa.Text, nullable=True),
+    sa.Column("result", sa.Text, nullable=True),  # the FinishResponse, replayed on a repeat
+)
+
+pilots = sa.Table(
+    "pilot_pilots",
+    metadata,
+    sa.Column("pilot_id", sa.String(200), primary_key=True),
+    sa.Column("last_seen", sa.Float, nullable=False),
+    sa.Column("last_heartbeat", sa.Float, nullable=True),
+    sa.Column("lease_id", sa.String(64), nullable=True),
+)

@@ -1,0 +1,173 @@
+"""Client of the scheduler protocol (``docs/protocol.md``), used by ``pilot start``."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import urllib.parse
+from typing import Any
+
+import pydantic
+import requests
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
+
+from .errors import BundleError, PilotError
+from .exit_codes import ExitCode
+from .protocol import (
+    ClaimRequest,
+    ClaimResponse,
+    FinishResponse,
+    Heartbeat,
+    HeartbeatResponse,
+    Release,
+    Report,
+    Slot,
+    StatusResponse,
+)
+from .token_file import read_token
+
+_LOG = logging.getLogger(__name__)
+
+TOKEN_FILE_ENV = "PILOT_TOKEN_FILE"
+
+
+class SchedulerAuthError(PilotError):
+    """The scheduler refused the token (401/403)."""
+
+    exit_code = ExitCode.AUTH_FAILED
+
+
+class SchedulerUnreachable(PilotError):
+    """The scheduler could not be reached, or kept failing (5xx), after retries."""
+
+    exit_code = ExitCode.SCHEDULER_UNREACHABLE
+
+
+class SchedulerRejected(PilotError):
+    """The scheduler refused a request as malformed (400): a protocol mismatch."""
+
+    exit_code = ExitCode.SCHEDULER_UNREACHABLE
+
+
+class LeaseGone(PilotError):
+    """The lease lapsed (or is unknown): its bundle was re-queued; stop working on it."""
+
+    exit_code = ExitCode.INTERRUPTED
+
+
+def token_from(token_file: str | None) -> str:
+    """Read the token from ``token_file``, else from the file named by ``$PILOT_TOKEN_FILE``."""
+    path = token_file or os.environ.get(TOKEN_FILE_ENV)
+    if not path:
+        raise BundleError(f"no scheduler token: give --token-file or set {TOKEN_FILE_ENV}")
+    return read_token(path)
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() in ("localhost", "localhost."):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class SchedulerClient:
+    """Talk to the scheduler at ``url`` with bearer ``token``.
+
+    Connection errors and 5xx answers are retried (``retries`` times, exponential
+    backoff from ``backoff`` seconds); 401/403 never are.
+    """
+
+    def __init__(
+        self, url: str, token: str, *, retries: int = 5, backoff: float = 0.5, timeout: float = 30.0
+    ) -> None:
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise BundleError(f"scheduler URL {url!r} is not an http(s) URL")
+        if parts.scheme == "http" and not _is_loopback(parts.hostname):
+            raise BundleError(
+                f"refusing to send the scheduler token over plain http to {parts.hostname}: use https"
+            )
+        self.url = url.rstrip("/")
+        self.timeout = timeout
+        self._session = requests.Session()
+        self._session.headers["Authorization"] = f"Bearer {token}"
+        retry = Retry(
+            total=retries,
+            connect=retries,
+            read=retries,
+            status=retries,
+            backoff_factor=backoff,
+            status_forcelist=(500, 502, 503, 504),
+            allowed_methods=None,  # POSTs too: a repeated report is idempotent, a lost claim lapses
+            raise_on_status=False,
+        )
+        self._session.mount("http://", HTTPAdapter(max_retries=retry))
+        self._session.mount("https://", HTTPAdapter(max_retries=retry))
+
+    def close(self) -> None:
+        self._session.close()
+
+    def claim(self, pilot_id: str, slot: Slot) -> ClaimResponse:
+        """Ask for a bundle fitting ``slot``: the answer has bundle and lease, or ``no_work``."""
+        body = ClaimRequest(pilot_id=pilot_id, slot=slot)
+        return ClaimResponse.model_validate(self._call("POST", "/v1/claim", body))
+
+    def heartbeat(self, lease_id: str, progress: Heartbeat) -> HeartbeatResponse:
+        """Extend the lease; raises `LeaseGone` when the bundle is no longer this pilot's."""
+        return HeartbeatResponse.model_validate(
+            self._call("POST", f"/v1/leases/{lease_id}/heartbeat", progress)
+        )
+
+    def report(self, lease_id: str, report: Report) -> FinishResponse:
+        """Send the bundle's final outcome (idempotent)."""
+        return FinishResponse.model_validate(self._call("POST", f"/v1/leases/{lease_id}/report", report))
+
+    def release(self, lease_id: str, release: Release) -> FinishResponse:
+        """Give the bundle back while draining: its unfinished quanta are re-queued at once."""
+        return FinishResponse.model_validate(self._call("POST", f"/v1/leases/{lease_id}/release", release))
+
+    def status(self) -> StatusResponse:
+        return StatusResponse.model_validate(self._call("GET", "/v1/status", None))
+
+    def _call(self, method: str, path: str, body: pydantic.BaseModel | None) -> Any:
+        url = self.url + path
+        data = None if body is None else body.model_dump_json().encode()
+        headers = {"Content-Type": "application/json"} if data is not None else {}
+        try:
+            response = self._session.request(method, url, data=data, headers=headers, timeout=self.timeout)
+        except requests.RequestException as err:
+            raise SchedulerUnreachable(f"scheduler {self.url} unreachable: {_short(err)}") from None
+        if response.status_code == 200:
+            return response.json()
+        message = _error_text(response)
+        if response.status_code in (401, 403):
+            raise SchedulerAuthError(f"scheduler {self.url} refused the token: {message}")
+        if response.status_code in (404, 410) and path.startswith("/v1/leases/"):
+            raise LeaseGone(f"scheduler {self.url}: {message}")
+        if response.status_code >= 500:
+            raise SchedulerUnreachable(f"scheduler {self.url} kept failing: {response.status_code} {message}")
+        raise SchedulerRejected(f"scheduler {self.url} rejected {method} {path}: {message}")
+
+
+def _error_text(response: requests.Response) -> str:
+    try:
+        return str(response.json()["error"])
+    except (ValueError, KeyError, TypeError):
+        return f"HTTP {response.status_code} {response.reason}"
+
+
+def _short(err: Exception) -> str:
+    """The innermost reason of a requests/urllib3 error, on one line."""
+    reason: BaseException = err
+    for _ in range(6):
+        inner = getattr(reason, "reason", None)
+        if not isinstance(inner, BaseException):
+            inner = reason.__context__
+        if inner is None or inner is reason:
+            break
+        reason = inner
+    return f"{type(reason).__name__}: {reason}".splitlines()[0]

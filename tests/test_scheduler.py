@@ -1,0 +1,285 @@
+"""``pilot serve`` and the scheduler client, against a real server process on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import requests
+from conftest import Campaign, _free_port, pilot, read_report
+from lsst.pipe.base.quantum_graph import PredictedQuantumGraph
+
+from pilot.exit_codes import ExitCode
+from pilot.protocol import SCHEMA_DIR, Heartbeat, Release, Report, Slot, json_schemas
+from pilot.scheduler_client import LeaseGone, SchedulerAuthError, SchedulerClient
+from pilot.stage_out import Manifest
+
+TOKEN = "s3cret-token"
+
+
+def write_bundles(directory: Path, specs: dict[str, dict]) -> dict[str, list[str]]:
+    """Write synthetic bundle files (fake quanta, no graph); return their quantum IDs."""
+    directory.mkdir(parents=True, exist_ok=True)
+    quanta = {}
+    for bundle_id, spec in specs.items():
+        ids = [str(uuid.uuid4()) for _ in range(spec.get("n", 3))]
+        doc = {
+            "schema_version": 1,
+            "bundle_id": bundle_id,
+            "qgraph": f"{bundle_id}.qg",
+            "quantum_ids": ids,
+            "depends_on": spec.get("depends_on", []),
+            "dbb": {"repo": str(directory.parent / "dbb"), "output_run": "syn/run"},
+            "resources": spec.get("resources", {"seconds": 60}),
+        }
+        (directory / f"{bundle_id}.json").write_text(json.dumps(doc))
+        quanta[bundle_id] = ids
+    return quanta
+
+
+@contextmanager
+def serve(bundle_dir: Path, repo: Path, *args: str) -> Iterator[str]:
+    """Run ``pilot serve`` on a free loopback port; yield its URL once it listens."""
+    token_file = bundle_dir.parent / "token"
+    token_file.write_text(TOKEN + "\n")
+    port = _free_port()
+    command = [sys.executable, "-m", "pilot.cli", "serve", str(bundle_dir), "--repo", str(repo)]
+    command += ["--token-file", str(token_file), "--port", str(port), "--threads", "8", *args]
+    server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout is not None
+        line = server.stdout.readline()  # printed once the socket is bound
+        assert "queued" in line, server.stderr.read() if server.stderr else line
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def client(url: str, token: str = TOKEN) -> SchedulerClient:
+    return SchedulerClient(url, token, retries=2, backoff=0.1)
+
+
+def wait_for(condition, what: str):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + 60  # a bound on waiting, not a timing assertion
+    while not (value := condition()):
+        assert time.monotonic() < deadline, f"gave up waiting for {what}"
+        time.sleep(0.2)
+    return value
+
+
+SLOT = Slot(cores=4, memory_mb=8000, walltime_left_s=3600 * 4)
+
+
+def test_shipped_protocol_schemas_are_current() -> None:
+    for name, text in json_schemas().items():
+        assert (SCHEMA_DIR / name).read_text() == text, "run: python -m pilot.protocol"
+
+
+def test_claim_heartbeat_report(tmp_path: Path) -> None:
+    quanta = write_bundles(tmp_path / "bundles", {"a": {}, "b": {}})
+    with serve(tmp_path / "bundles", tmp_path / "dbb") as url:
+        c = client(url)
+        claim = c.claim("pilot-1", SLOT)
+        assert claim.bundle is not None and claim.lease is not None
+        bundle = claim.bundle
+        assert bundle["bundle_id"] == "a" and bundle["quantum_ids"] == quanta["a"]
+        assert bundle["qgraph"] == (tmp_path / "bundles" / "a.qg").as_uri()  # absolute
+        lease = claim.lease.lease_id
+        beat = c.heartbeat(lease, Heartbeat(quanta_done=1, quanta_running=2))
+        assert beat.expires_at >= claim.lease.expires_at
+        final = Report(
+            status="succeeded", exit_code=0, succeeded_quantum_ids=bundle["quantum_ids"], staged=False
+        )
+        answer = c.report(lease, final)
+        assert (answer.state, answer.remainder_bundle_id, answer.ingest) == ("done", None, "not_staged")
+        assert c.report(lease, final) == answer  # idempotent
+        with pytest.raises(LeaseGone):
+            c.heartbeat(lease, Heartbeat())
+        status = c.status()
+        assert status.bundles == {"queued": 1, "running": 0, "done": 1, "failed": 0}
+        assert [p.pilot_id for p in status.pilots] == ["pilot-1"]
+        assert status.pilots[0].last_heartbeat is not None
+
+
+def test_wrong_token_is_refused_and_changes_nothing(tmp_path: Path) -> None:
+    write_bundles(tmp_path / "bundles", {"a": {}})
+    with serve(tmp_path / "bundles", tmp_path / "dbb") as url:
+        with pytest.raises(SchedulerAuthError, match="refused the token") as err:
+            client(url, "wrong").claim("intruder", SLOT)
+        assert err.value.exit_code == ExitCode.AUTH_FAILED
+        bare = requests.post(f"{url}/v1/claim", json={"pilot_id": "x", "slot": {"cores": 1}}, timeout=30)
+        assert bare.status_code == 401 and "error" in bare.json()
+        status = client(url).status()
+        assert status.bundles["queued"] == 1 and status.bundles["running"] == 0
+        assert status.pilots == []  # not even seen
+    with pytest.raises(Exception, match="plain http to scheduler.example.org"):
+        SchedulerClient("http://scheduler.example.org:8470", TOKEN)
+
+
+def test_unreachable_scheduler_exit_code() -> None:
+    c = SchedulerClient(f"http://127.0.0.1:{_free_port()}", TOKEN, retries=1, backoff=0.01)
+    with pytest.raises(Exception, match="unreachable") as err:
+        c.status()
+    assert err.value.exit_code == ExitCode.SCHEDULER_UNREACHABLE  # type: ignore[attr-defined]
+
+
+def test_bundles_go_to_slots_they_fit(tmp_path: Path) -> None:
+    write_bundles(
+        tmp_path / "bundles",
+        {
+            "hour": {"resources": {"seconds": 3600}},
+            "wide": {"resources": {"cores": 8, "seconds": 60}},
+            "big": {"resources": {"memory_mb": 16000, "seconds": 60}},
+            "many": {"n": 100, "resources": {}},  # 100 quanta x 10 s / 1 core = 1000 s
+            "short": {"resources": {"seconds": 300}},
+        },
+    )
+    with serve(tmp_path / "bundles", tmp_path / "dbb") as url:
+        c = client(url)
+        ten_minutes = Slot(cores=4, memory_mb=8000, walltime_left_s=600)
+        got = c.claim("p", ten_minutes)
+        assert got.bundle is not None and got.bundle["bundle_id"] == "short"
+        assert c.claim("p", ten_minutes).no_work  # never the hour, the 8 cores, the 16 GB or 1000 s
+        assert c.claim("p", Slot(cores=4, memory_mb=8000, walltime_left_s=1200)).bundle["bundle_id"] == "many"
+        # Memory and walltime unknown: anything on 4 cores, in queue (file name) order.
+        assert c.claim("p", Slot(cores=4)).bundle["bundle_id"] == "big"
+        assert c.claim("p", Slot(cores=4)).bundle["bundle_id"] == "hour"
+        assert c.claim("p", Slot(cores=4)).no_work
+        assert c.claim("p", Slot(cores=8, walltime_left_s=100)).bundle["bundle_id"] == "wide"
+
+
+@pytest.mark.parametrize("store", ["sqlite", "postgresql"])
+def test_concurrent_claims_never_share_a_bundle(tmp_path: Path, store: str, request) -> None:  # type: ignore[no-untyped-def]
+    n_bundles = 40
+    write_bundles(tmp_path / "bundles", {f"b{i:03d}": {} for i in range(n_bundles)})
+    db = ["--db", request.getfixturevalue("postgres")] if store == "postgresql" else []
+    with serve(tmp_path / "bundles", tmp_path / "dbb", *db) as url:
+        claimed: list[str] = []
+
+        def claimer(name: str) -> None:
+            c = client(url)
+            while (answer := c.claim(name, SLOT)).bundle is not None:
+                claimed.append(answer.bundle["bundle_id"])
+
+        threads = [threading.Thread(target=claimer, args=(f"p{i}",)) for i in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert len(claimed) == n_bundles and len(set(claimed)) == n_bundles
+        assert client(url).status().bundles["running"] == n_bundles
+
+
+def test_lapsed_lease_requeues_everything_when_nothing_was_staged(tmp_path: Path) -> None:
+    quanta = write_bundles(tmp_path / "bundles", {"a": {"n": 4}, "down": {"depends_on": ["a"]}})
+    with serve(tmp_path / "bundles", tmp_path / "dbb", "--lease-ttl", "0.5") as url:
+        c = client(url)
+        first = c.claim("doomed", SLOT)
+        assert first.bundle["bundle_id"] == "a"
+        # The pilot is never heard from again: the lease lapses, all of a's quanta are re-queued.
+        again = wait_for(lambda: (r := c.claim("rescuer", SLOT)).bundle and r, "the re-queued bundle")
+        assert again.bundle["bundle_id"] == "a-r1"
+        assert again.bundle["quantum_ids"] == quanta["a"] and again.bundle["depends_on"] == []
+        assert Path(again.bundle["qgraph"].removeprefix("file://")) == tmp_path / "bundles" / "a.qg"
+        assert (tmp_path / "bundles" / "remainders" / "a-r1.json").exists()
+        with pytest.raises(LeaseGone):
+            c.heartbeat(first.lease.lease_id, Heartbeat())
+        with pytest.raises(LeaseGone):
+            c.report(first.lease.lease_id, Report(status="succeeded", exit_code=0, staged=False))
+
+
+def _commit_fake_stage_out(staging: Path, bundle_id: str) -> None:
+    """A committed manifest without outputs (the synthetic bundles have no graph to run)."""
+    (staging / bundle_id).mkdir(parents=True)
+    manifest = Manifest(
+        bundle_id=bundle_id, output_run="syn/run", attempt="attempt-1", zip=None, report="x", committed_at="t"
+    )
+    (staging / bundle_id / "manifest.json").write_text(manifest.model_dump_json())
+
+
+def test_release_makes_a_remainder_reading_the_staged_outputs(tmp_path: Path) -> None:
+    quanta = write_bundles(tmp_path / "bundles", {"a": {"n": 5}, "down": {"depends_on": ["a"]}})
+    staging = tmp_path / "dbb" / "pilot-staging"
+    with serve(tmp_path / "bundles", tmp_path / "dbb", "--lease-ttl", "600") as url:
+        c = client(url)
+        claim = c.claim("p1", SLOT)
+        assert claim.bundle["bundle_id"] == "a"
+        assert c.claim("p2", SLOT).no_work  # "down" waits for a
+        ids = quanta["a"]
+        _commit_fake_stage_out(staging, "a")
+        drained = c.release(
+            claim.lease.lease_id,
+            Release(succeeded_quantum_ids=ids[:2], failed_quantum_ids=ids[2:3], staged=True),
+        )
+        assert (drained.state, drained.remainder_bundle_id, drained.requeued_quanta) == ("failed", "a-r1", 2)
+        rest = c.claim("p2", SLOT)  # down still waits: some of a's quanta are in a-r1
+        assert rest.bundle["bundle_id"] == "a-r1"
+        assert rest.bundle["quantum_ids"] == ids[3:] and rest.bundle["depends_on"] == ["a"]
+        assert c.claim("p3", SLOT).no_work
+        _commit_fake_stage_out(staging, "a-r1")
+        c.report(
+            rest.lease.lease_id,
+            Report(status="succeeded", exit_code=0, succeeded_quantum_ids=ids[3:], staged=True),
+        )
+        down = c.claim("p3", SLOT)
+        assert down.bundle["bundle_id"] == "down" and down.bundle["depends_on"] == ["a", "a-r1"]
+
+
+def _labels(qgraph: Path) -> dict[str, str]:
+    xgraph = PredictedQuantumGraph.read_execution_quanta(qgraph).quantum_only_xgraph
+    return {str(q): xgraph.nodes[q]["task_label"] for q in xgraph}
+
+
+def _run_claimed(tmp_path: Path, bundle: dict, name: str) -> dict:
+    path = tmp_path / "claimed" / f"{name}.json"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(json.dumps(bundle))
+    workspace = tmp_path / "ws" / name
+    result = pilot("run", path, "--workspace", workspace, "--processes", "0")
+    assert result.returncode == 0, result.stderr
+    return read_report(workspace)
+
+
+def test_end_to_end_runs_remainders_and_ingests_once(campaign: Campaign, tmp_path: Path) -> None:
+    with serve(campaign.bundles_dir, campaign.repo) as url:
+        c = client(url)
+        first = c.claim("p1", SLOT)
+        bundle = first.bundle
+        # The pilot runs only the isr quanta, stages them, and drains.
+        labels = _labels(Path(bundle["qgraph"].removeprefix("file://")))
+        isr = [q for q in bundle["quantum_ids"] if labels[q] == "isr"]
+        report = _run_claimed(tmp_path, {**bundle, "quantum_ids": isr}, "partial")
+        assert report["counts"]["succeeded"] == len(isr)
+        drained = c.release(first.lease.lease_id, Release(succeeded_quantum_ids=isr, staged=True))
+        assert drained.remainder_bundle_id == f"{bundle['bundle_id']}-r1"
+        # Everything left, the remainder included, runs; it reads isr outputs from a's zip.
+        runs = 0
+        while (claim := c.claim("p1", SLOT)).bundle is not None:
+            report = _run_claimed(tmp_path, claim.bundle, claim.bundle["bundle_id"])
+            done = [q["quantum_id"] for q in report["quanta"] if q["status"] == "succeeded"]
+            assert len(done) == len(claim.bundle["quantum_ids"])
+            answer = c.report(
+                claim.lease.lease_id,
+                Report(status="succeeded", exit_code=0, succeeded_quantum_ids=done, staged=True),
+            )
+            assert answer.state == "done" and answer.remainder_bundle_id is None
+            runs += 1
+        assert runs == 3  # the remainder and the two other bundles
+        status = wait_for(lambda: (s := c.status()).ingest["pending"] == 0 and s, "ingest")
+        assert status.ingest == {"pending": 0, "done": 4, "failed": 0}
+        assert status.bundles == {"queued": 0, "running": 0, "done": 4, "failed": 0}
+    datasets = campaign.datasets_in_run()
+    assert len(datasets) == len(set(datasets))
+    by_type = {name: sum(1 for n, _ in datasets if n == name) for name in ("postISRCCD", "calexp", "src")}
+    assert by_type == {"postISRCCD": 6, "calexp": 6, "src": 6}
+    again = pilot("ingest", campaign.repo)
+    assert again.returncode == 0 and "nothing new" in again.stdout
