@@ -241,6 +241,109 @@ def serve(
 
 
 @main.command(epilog=EXIT_CODE_HELP)
+@click.option(
+    "--scheduler",
+    "scheduler_url",
+    envvar="PILOT_SCHEDULER_URL",
+    required=True,
+    help="Scheduler base URL (env PILOT_SCHEDULER_URL).",
+)
+@click.option(
+    "--token-file",
+    envvar="PILOT_TOKEN_FILE",
+    default=None,
+    help="File holding the scheduler bearer token (env PILOT_TOKEN_FILE).",
+)
+@click.option(
+    "--workspace",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="Work area (default: $_CONDOR_SCRATCH_DIR/pilot, else a new temporary directory).",
+)
+@click.option(
+    "--lifetime",
+    type=click.FloatRange(0),
+    default=None,
+    help="Seconds this pilot may live (default: GLIDEIN_ToDie from the machine ad, else unlimited).",
+)
+@click.option(
+    "--idle-timeout",
+    type=click.FloatRange(0),
+    default=600.0,
+    show_default=True,
+    help="Exit after this many seconds without work.",
+)
+@click.option(
+    "--grace",
+    type=click.FloatRange(0),
+    default=60.0,
+    show_default=True,
+    help="Seconds running quanta get to finish when draining.",
+)
+@click.option(
+    "--processes",
+    type=click.IntRange(0),
+    default=None,
+    help="Warm worker processes (default: the slot's cores); 0 runs quanta in the pilot.",
+)
+@click.option("--memory-per-worker", default=None, help="RSS budget per worker, e.g. 2GiB.")
+@click.option("--pilot-id", default=None, help="Name reported to the scheduler (default: host-pid-random).")
+@click.option("--keep-workspaces", is_flag=True, help="Keep each bundle's workspace after reporting it.")
+def start(
+    scheduler_url: str,
+    token_file: str | None,
+    workspace: Path | None,
+    lifetime: float | None,
+    idle_timeout: float,
+    grace: float,
+    processes: int | None,
+    memory_per_worker: str | None,
+    pilot_id: str | None,
+    keep_workspaces: bool,
+) -> None:
+    """Glidein mode: claim bundles from the scheduler, run and report them until drained.
+
+    SIGTERM, SIGINT or SIGUSR1 drain the pilot: no more claims, running quanta get
+    --grace seconds, finished work is staged and reported, the rest is released.
+    """
+    from .bundle_model import ExecutionSpec
+    from .glidein import DRAIN_SIGNALS, StartOptions, default_pilot_id, start_pilot
+    from .scheduler_client import SchedulerClient, token_from
+    from .slot import detect_slot
+    from .worker_pool import pool_for
+    from .workspace import pilot_area
+
+    with stop_on_signals(*DRAIN_SIGNALS) as stop:
+        slot = _guarded(lambda: detect_slot(lifetime))
+        client = _guarded(lambda: SchedulerClient(scheduler_url, token_from(token_file)))
+        workers = processes if processes is not None else slot.cores
+        pool = _guarded(lambda: pool_for(ExecutionSpec(), workers, memory_per_worker))
+        options = StartOptions(
+            area=_guarded(lambda: pilot_area(workspace)),
+            pilot_id=pilot_id or default_pilot_id(),
+            grace=grace,
+            idle_timeout=idle_timeout,
+            keep_workspaces=keep_workspaces,
+        )
+        click.echo(
+            f"pilot {options.pilot_id}: {slot.cores} cores, {slot.memory_mb} MB ({slot.source}), "
+            f"site {slot.site or 'unknown'}, scheduler {scheduler_url}",
+            err=True,
+        )
+        try:
+            summary = _guarded(lambda: start_pilot(client, slot, pool, options, stop))
+        finally:
+            if pool is not None:
+                pool.close()
+            client.close()
+    click.echo(
+        f"pilot {options.pilot_id}: {summary.reason}; {summary.bundles} bundles, "
+        f"{summary.quanta_succeeded} quanta succeeded, {summary.quanta_failed} failed"
+    )
+    sys.exit(int(summary.exit_code))
+
+
+@main.command(epilog=EXIT_CODE_HELP)
 @click.argument("directory", type=click.Path(path_type=Path, file_okay=False), default=Path("pilot-demo"))
 @click.option("--detectors", type=click.IntRange(1, 1000), default=24, show_default=True, help="Data IDs.")
 @click.option("--sleep", type=float, default=0.02, show_default=True, help="Seconds each mock task sleeps.")

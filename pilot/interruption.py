@@ -22,6 +22,15 @@ class StopRequest:
         self.reason: str | None = None
         self._task_running = False
 
+    def request(self, reason: str) -> None:
+        """Ask for a stop from code (another thread, say): dispatching ends, running quanta get grace."""
+        if self.reason is None:
+            self.reason = reason
+
+    def clear(self) -> None:
+        """Forget a request made with `request` (the next bundle runs normally)."""
+        self.reason = None
+
     def handle(self, signum: int, frame: FrameType | None) -> None:
         """Signal handler."""
         self.reason = f"received {signal.Signals(signum).name}"

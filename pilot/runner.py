@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
@@ -25,7 +26,7 @@ from .interruption import StopRequest
 from .journal import JOURNAL_NAME, Journal, quanta_to_skip
 from .provenance import build_provenance, output_files
 from .qgraph_io import load_bundle_graph
-from .report import BundleReport, count_statuses, environment, now
+from .report import BundleReport, QuantumResult, count_statuses, environment, now
 from .stage_in import input_files, stage_in
 from .stage_out import produced_refs, stage_out
 from .transfer_retry import RetryPolicy
@@ -57,6 +58,7 @@ def run_bundle(
     grace: float = 60.0,
     resume: bool = False,
     site: str | None = None,
+    on_quantum: Callable[[QuantumResult], None] | None = None,
 ) -> RunOutcome:
     """Validate, stage in, execute, stage out and report one bundle.
 
@@ -64,7 +66,8 @@ def run_bundle(
     input cache, shared by every bundle the pilot runs there.  ``pool`` is the
     pilot's warm worker pool; without one the quanta run in this process.  Quanta
     the workspace's journal shows succeeded are not run again; ``resume`` demands
-    such a journal (resuming after a failed stage-out, say).
+    such a journal (resuming after a failed stage-out, say).  ``on_quantum`` sees each
+    quantum's result as it finishes (progress for heartbeats).
 
     Raises
     ------
@@ -147,7 +150,7 @@ def run_bundle(
             unavailable=consumers_of(quanta, missing_upstream),
             stop=stop,
             grace=grace,
-            on_finished=journal.record,
+            on_finished=_both(journal.record, on_quantum),
         )
         if to_run
         else ExecutionOutcome([], IoCounts(), {})
@@ -239,6 +242,19 @@ def run_bundle(
     report.wall_seconds = done - wall0
     _write_report(report, workspace.report_path)
     return RunOutcome(report, workspace.report_path)
+
+
+def _both(
+    first: Callable[[QuantumResult], None], second: Callable[[QuantumResult], None] | None
+) -> Callable[[QuantumResult], None]:
+    if second is None:
+        return first
+
+    def call(result: QuantumResult) -> None:
+        first(result)
+        second(result)
+
+    return call
 
 
 def _check_consistency(bundle: Bundle, qg: PredictedQuantumGraph) -> None:

@@ -288,7 +288,8 @@ def _def_file_sources(recipe: Path) -> list[str]:
 
 def _packaged_paths() -> set[str]:
     project = tomllib.loads((REPO / "pyproject.toml").read_text())
-    return {"pyproject.toml", project["project"]["readme"], *project["tool"]["setuptools"]["packages"]}
+    top_level = {name.split(".")[0] for name in project["tool"]["setuptools"]["packages"]}
+    return {"pyproject.toml", project["project"]["readme"], *top_level}
 
 
 def test_dockerfile_copies_existing_sources_and_the_whole_package() -> None:

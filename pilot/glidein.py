@@ -1,0 +1,281 @@
+"""``pilot start``: the pilot's life in a glidein — claim, run, report, until drained.
+
+The loop claims a bundle that fits the slot (cores, memory, disk, walltime left),
+runs it with the same `run_bundle` as ``pilot run`` on one warm worker pool, and
+reports it; a separate thread keeps the lease alive with progress heartbeats.  It
+ends when the scheduler has had no work for ``idle_timeout`` seconds (exit 0), at
+the slot's end of life, or on SIGTERM/SIGINT/SIGUSR1: then it stops claiming, gives
+running quanta ``grace`` seconds, stages what finished, releases the rest to the
+scheduler, and exits DRAINED.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import shutil
+import signal
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+from lsst.resources import ResourcePath
+
+from .bundle_model import Bundle, write_bundle
+from .errors import PilotError
+from .exit_codes import ExitCode
+from .interruption import StopRequest
+from .protocol import Heartbeat, Release, Report
+from .protocol import Slot as SlotMessage
+from .report import BundleReport, QuantumResult
+from .runner import run_bundle
+from .scheduler_client import LeaseGone, SchedulerClient
+from .slot import Slot
+from .worker_pool import WorkerPool
+
+_LOG = logging.getLogger(__name__)
+
+DRAIN_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+LEASE_LOST = "the scheduler withdrew the lease"
+MAX_CONSECUTIVE_ERRORS = 3
+
+
+@dataclasses.dataclass(frozen=True)
+class StartOptions:
+    """How ``pilot start`` behaves."""
+
+    area: Path
+    pilot_id: str
+    grace: float = 60.0
+    idle_timeout: float = 600.0
+    reserve_seconds: float = 120.0
+    """Walltime kept back from each claim for drain and stage-out."""
+    keep_workspaces: bool = False
+
+
+@dataclasses.dataclass
+class PilotSummary:
+    """What one pilot did, for its last log lines and its exit code."""
+
+    bundles: int = 0
+    quanta_succeeded: int = 0
+    quanta_failed: int = 0
+    exit_code: ExitCode = ExitCode.SUCCESS
+    reason: str = ""
+
+
+def default_pilot_id() -> str:
+    """Host, process and a random suffix: unique across glideins and restarts."""
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+class _Progress:
+    """Quanta finished in the running bundle, for heartbeats (updated from the run's callback)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.done: list[uuid.UUID] = []
+        self.failed = 0
+
+    def add(self, result: QuantumResult) -> None:
+        with self._lock:
+            if result.status == "succeeded":
+                self.done.append(result.quantum_id)
+            else:
+                self.failed += 1
+
+    def heartbeat(self) -> Heartbeat:
+        with self._lock:
+            return Heartbeat(
+                quanta_done=len(self.done), quanta_failed=self.failed, finished_quantum_ids=list(self.done)
+            )
+
+
+class _Heartbeats(threading.Thread):
+    """Extends one lease every ``ttl / 3`` seconds until stopped; asks the run to stop if it is lost."""
+
+    def __init__(
+        self,
+        client: SchedulerClient,
+        lease_id: str,
+        ttl: float,
+        progress: _Progress,
+        stop: StopRequest,
+        end_of_life: Callable[[], bool],
+    ) -> None:
+        super().__init__(name=f"heartbeat-{lease_id}", daemon=True)
+        self.client, self.lease_id, self.progress, self.stop_run = client, lease_id, progress, stop
+        self.end_of_life = end_of_life
+        self.interval = max(0.5, min(ttl / 3, 10.0))
+        self.finished = threading.Event()
+        self.lost = False
+
+    def run(self) -> None:
+        while not self.finished.wait(self.interval):
+            if self.end_of_life():
+                self.stop_run.request("the slot reaches its end of life")
+            try:
+                self.client.heartbeat(self.lease_id, self.progress.heartbeat())
+            except LeaseGone as err:
+                _LOG.warning("Lease %s is gone (%s); stopping its bundle.", self.lease_id, err)
+                self.lost = True
+                self.stop_run.request(LEASE_LOST)
+                return
+            except PilotError as err:  # unreachable for now: the lease may still be saved
+                _LOG.warning("Heartbeat for lease %s failed: %s", self.lease_id, err)
+
+    def close(self) -> None:
+        self.finished.set()
+        self.join()
+
+
+def start_pilot(
+    client: SchedulerClient, slot: Slot, pool: WorkerPool | None, options: StartOptions, stop: StopRequest
+) -> PilotSummary:
+    """Claim and run bundles until idle, end of life or a drain signal; return what happened.
+
+    ``stop`` is the `StopRequest` the drain signals set (see `DRAIN_SIGNALS`).
+
+    Raises
+    ------
+    PilotError
+        The scheduler refused the token, stayed unreachable, or bundles kept failing
+        before execution (the same error three times in a row).
+    """
+    summary = PilotSummary()
+    bundles_dir = options.area / "bundles"
+    bundles_dir.mkdir(parents=True, exist_ok=True)
+    idle_since = time.monotonic()
+    errors_in_a_row = 0
+    while True:
+        if stop.reason is not None:
+            return _drained(summary, stop.reason)
+        left = slot.walltime_left()
+        if left is not None and left <= options.reserve_seconds:
+            summary.reason = f"end of life: {left:.0f} s of walltime left"
+            return summary
+        answer = client.claim(options.pilot_id, _slot_message(slot, left, options))
+        if answer.bundle is None or answer.lease is None:
+            idle = time.monotonic() - idle_since
+            if idle >= options.idle_timeout:
+                summary.reason = f"no work for {idle:.0f} s"
+                return summary
+            _sleep(min(answer.retry_after_s or 10.0, options.idle_timeout - idle), stop)
+            continue
+        bundle = Bundle.model_validate(answer.bundle)
+        path = bundles_dir / f"{bundle.bundle_id}.json"
+        write_bundle(bundle, ResourcePath(path))
+        _LOG.warning(
+            "Claimed bundle %s (%d quanta), lease %s.",
+            bundle.bundle_id,
+            len(bundle.quantum_ids),
+            answer.lease.lease_id,
+        )
+        progress = _Progress()
+        beats = _Heartbeats(
+            client,
+            answer.lease.lease_id,
+            answer.lease.ttl_s,
+            progress,
+            stop,
+            end_of_life=lambda: (slot.walltime_left() or float("inf")) <= options.grace + 10,
+        )
+        beats.start()
+        try:
+            outcome = run_bundle(
+                path,
+                options.area,
+                pool=pool,
+                stop=stop,
+                grace=options.grace,
+                site=slot.site,
+                on_quantum=progress.add,
+            )
+            report: BundleReport | None = outcome.report
+            failure: PilotError | None = None
+        except PilotError as err:
+            report, failure = None, err
+        finally:
+            beats.close()
+        summary.bundles += 1
+        if beats.lost:
+            stop.clear()
+            _LOG.warning("Bundle %s was re-queued by the scheduler; not reporting it.", bundle.bundle_id)
+        elif stop.reason is not None and stop.reason != LEASE_LOST:
+            client.release(answer.lease.lease_id, _release(report))
+            _count(summary, report)
+            return _drained(summary, stop.reason)
+        else:
+            client.report(answer.lease.lease_id, _report(report, failure))
+            _count(summary, report)
+        if failure is not None:
+            errors_in_a_row += 1
+            _LOG.error("Bundle %s failed before running: %s", bundle.bundle_id, failure)
+            if errors_in_a_row >= MAX_CONSECUTIVE_ERRORS:
+                raise failure
+        else:
+            errors_in_a_row = 0
+        if not options.keep_workspaces:
+            shutil.rmtree(options.area / bundle.bundle_id, ignore_errors=True)
+        idle_since = time.monotonic()
+
+
+def _slot_message(slot: Slot, left: float | None, options: StartOptions) -> SlotMessage:
+    return SlotMessage(
+        cores=slot.cores,
+        memory_mb=slot.memory_mb,
+        disk_mb=slot.disk_mb,
+        walltime_left_s=None if left is None else max(0.0, left - options.reserve_seconds),
+        site=slot.site,
+    )
+
+
+def _outcome_ids(report: BundleReport | None) -> tuple[list[uuid.UUID], list[uuid.UUID], bool]:
+    """(succeeded, failed, staged): only staged successes count as done; blocked counts as failed."""
+    if report is None or report.stage_out is None:
+        return [], [], False
+    succeeded = [q.quantum_id for q in report.quanta if q.status == "succeeded"]
+    failed = [q.quantum_id for q in report.quanta if q.status in ("failed", "blocked")]
+    return succeeded, failed, True
+
+
+def _report(report: BundleReport | None, failure: PilotError | None) -> Report:
+    succeeded, failed, staged = _outcome_ids(report)
+    if report is None:
+        code = int(failure.exit_code) if failure is not None else int(ExitCode.BAD_BUNDLE)
+        return Report(status="error", exit_code=code, staged=False)
+    return Report(
+        status=report.status,
+        exit_code=report.exit_code,
+        succeeded_quantum_ids=succeeded,
+        failed_quantum_ids=failed,
+        staged=staged,
+    )
+
+
+def _release(report: BundleReport | None) -> Release:
+    succeeded, failed, staged = _outcome_ids(report)
+    return Release(succeeded_quantum_ids=succeeded, failed_quantum_ids=failed, staged=staged)
+
+
+def _count(summary: PilotSummary, report: BundleReport | None) -> None:
+    if report is not None:
+        summary.quanta_succeeded += report.counts.get("succeeded", 0)
+        summary.quanta_failed += report.counts.get("failed", 0)
+
+
+def _drained(summary: PilotSummary, reason: str) -> PilotSummary:
+    summary.exit_code = ExitCode.DRAINED
+    summary.reason = f"drained: {reason}"
+    return summary
+
+
+def _sleep(seconds: float, stop: StopRequest) -> None:
+    """Sleep up to ``seconds``, waking early when a stop is requested."""
+    deadline = time.monotonic() + max(0.0, seconds)
+    while stop.reason is None and (left := deadline - time.monotonic()) > 0:
+        time.sleep(min(0.2, left))
