@@ -235,11 +235,22 @@ def _slot_message(slot: Slot, left: float | None, options: StartOptions) -> Slot
 
 
 def _outcome_ids(report: BundleReport | None) -> tuple[list[uuid.UUID], list[uuid.UUID], bool]:
-    """(succeeded, failed, staged): only staged successes count as done; blocked counts as failed."""
+    """(succeeded, failed, staged) for the scheduler.
+
+    Only staged successes are done.  A quantum is failed if it failed, or is blocked
+    by a failure; quanta cut short by a drain, and those waiting on them, are
+    neither: the scheduler re-queues them.
+    """
     if report is None or report.stage_out is None:
         return [], [], False
+    status = {q.quantum_id: q for q in report.quanta}
     succeeded = [q.quantum_id for q in report.quanta if q.status == "succeeded"]
-    failed = [q.quantum_id for q in report.quanta if q.status in ("failed", "blocked")]
+    failed = [
+        q.quantum_id
+        for q in report.quanta
+        if q.status == "failed"
+        or (q.status == "blocked" and (q.blocked_by is None or status[q.blocked_by].status == "failed"))
+    ]
     return succeeded, failed, True
 
 

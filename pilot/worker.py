@@ -22,9 +22,9 @@ if TYPE_CHECKING:
     from .bundle_session import BundleSession, SessionSpec
 
 # This module stays light: the pilot imports it before the LSST stack, to start the
-# pool at once.  The forkserver preloads HEAVY_MODULE so every worker starts with the
-# stack already imported.
-HEAVY_MODULE = "pilot.bundle_session"
+# pool at once.  The forkserver preloads HEAVY_MODULE (the stack, and deafness to
+# SIGTERM) so every worker starts with the stack already imported.
+HEAVY_MODULE = "pilot.forkserver_preload"
 
 
 @dataclasses.dataclass(frozen=True)

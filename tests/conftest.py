@@ -12,6 +12,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -261,3 +262,33 @@ def s3_bucket(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+TOKEN = "s3cret-token"
+
+
+@contextmanager
+def serve(bundle_dir: Path, repo: Path, *args: str) -> Iterator[str]:
+    """Run ``pilot serve`` on a free loopback port; yield its URL once it listens."""
+    token_file = bundle_dir.parent / "token"
+    token_file.write_text(TOKEN + "\n")
+    port = _free_port()
+    command = [sys.executable, "-m", "pilot.cli", "serve", str(bundle_dir), "--repo", str(repo)]
+    command += ["--token-file", str(token_file), "--port", str(port), "--threads", "8", *args]
+    server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout is not None
+        line = server.stdout.readline()  # printed once the socket is bound
+        assert "queued" in line, server.stderr.read() if server.stderr else line
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def wait_for(condition, what: str):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + 60  # a bound on waiting, not a timing assertion
+    while not (value := condition()):
+        assert time.monotonic() < deadline, f"gave up waiting for {what}"
+        time.sleep(0.2)
+    return value

@@ -3,26 +3,19 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import threading
-import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 import requests
-from conftest import Campaign, _free_port, pilot, read_report
+from conftest import TOKEN, Campaign, _free_port, pilot, read_report, serve, wait_for
 from lsst.pipe.base.quantum_graph import PredictedQuantumGraph
 
 from pilot.exit_codes import ExitCode
 from pilot.protocol import SCHEMA_DIR, Heartbeat, Release, Report, Slot, json_schemas
 from pilot.scheduler_client import LeaseGone, SchedulerAuthError, SchedulerClient
 from pilot.stage_out import Manifest
-
-TOKEN = "s3cret-token"
 
 
 def write_bundles(directory: Path, specs: dict[str, dict]) -> dict[str, list[str]]:
@@ -45,35 +38,8 @@ def write_bundles(directory: Path, specs: dict[str, dict]) -> dict[str, list[str
     return quanta
 
 
-@contextmanager
-def serve(bundle_dir: Path, repo: Path, *args: str) -> Iterator[str]:
-    """Run ``pilot serve`` on a free loopback port; yield its URL once it listens."""
-    token_file = bundle_dir.parent / "token"
-    token_file.write_text(TOKEN + "\n")
-    port = _free_port()
-    command = [sys.executable, "-m", "pilot.cli", "serve", str(bundle_dir), "--repo", str(repo)]
-    command += ["--token-file", str(token_file), "--port", str(port), "--threads", "8", *args]
-    server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        assert server.stdout is not None
-        line = server.stdout.readline()  # printed once the socket is bound
-        assert "queued" in line, server.stderr.read() if server.stderr else line
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
-
-
 def client(url: str, token: str = TOKEN) -> SchedulerClient:
     return SchedulerClient(url, token, retries=2, backoff=0.1)
-
-
-def wait_for(condition, what: str):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + 60  # a bound on waiting, not a timing assertion
-    while not (value := condition()):
-        assert time.monotonic() < deadline, f"gave up waiting for {what}"
-        time.sleep(0.2)
-    return value
 
 
 SLOT = Slot(cores=4, memory_mb=8000, walltime_left_s=3600 * 4)

@@ -1,0 +1,13 @@
+"""Imported only by the workers' forkserver: the stack it preloads, and deafness to stop signals.
+
+A SIGTERM or Ctrl-C sent to the pilot's whole process group (as a batch system or
+a terminal does) must not kill the forkserver: its workers' exit statuses travel
+through it, and the pilot alone decides what a stop means (drain, grace, kill).
+"""
+
+import signal
+
+import pilot.bundle_session  # noqa: F401 - the point: import the LSST stack once, before forking
+
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+signal.signal(signal.SIGINT, signal.SIG_IGN)

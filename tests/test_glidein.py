@@ -1,0 +1,160 @@
+"""Glidein mode end to end: ``pilot serve`` and real ``pilot start`` processes on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import (
+    TOKEN,
+    Campaign,
+    TaskSpec,
+    make_campaign,
+    pilot,
+    serve,
+    wait_for,
+)
+
+from pilot.exit_codes import ExitCode
+from pilot.scheduler_client import SchedulerClient
+
+SLOW_CHAIN = (
+    TaskSpec("a", "raw", "x", sleep=0.5),
+    TaskSpec("b", "x", "y", sleep=0.5),
+    TaskSpec("c", "y", "z", sleep=0.5),
+)
+
+
+def _campaign(tmp_path: Path, tasks: tuple[TaskSpec, ...], n: int, max_quanta: int) -> Campaign:
+    camp = make_campaign(tmp_path, tasks, n_detectors=n)
+    result = pilot(
+        "bundle", camp.qgraph, "--repo", camp.repo, "--out", camp.bundles_dir, "--max-quanta", str(max_quanta)
+    )
+    assert result.returncode == 0, result.stderr
+    return camp
+
+
+def _start(url: str, area: Path, *args: str) -> subprocess.Popen:
+    token = area.parent / f"{area.name}.token"
+    token.write_text(TOKEN + "\n")
+    command = [sys.executable, "-m", "pilot.cli", "start", "--scheduler", url, "--token-file", str(token)]
+    command += ["--workspace", str(area), "--keep-workspaces", "--processes", "1", *args]
+    return subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+
+
+def _finish(proc: subprocess.Popen) -> tuple[int, str, str]:
+    stdout, stderr = proc.communicate(timeout=600)  # a bound against hangs, not a timing assertion
+    return proc.returncode, stdout, stderr
+
+
+def _executions(*areas: Path) -> list[str]:
+    """IDs of quanta that finished successfully in these work areas (from their journals)."""
+    ids = []
+    for area in areas:
+        for journal in area.glob("*/journal.jsonl"):
+            for line in journal.read_text().splitlines():
+                result = json.loads(line)["result"]
+                if result["status"] == "succeeded":
+                    ids.append(result["quantum_id"])
+    return ids
+
+
+def _all_ingested(url: str, n_bundles: int) -> bool:
+    status = SchedulerClient(url, TOKEN).status()
+    return status.bundles["done"] >= n_bundles and status.ingest.get("pending", 0) == 0
+
+
+def _assert_each_dataset_once(camp: Campaign, n_quanta: int) -> None:
+    registered = camp.datasets_in_run()
+    assert len(registered) == len(set(registered)) == 3 * n_quanta + 4  # + 3 configs, packages
+
+
+def test_two_pilots_complete_a_campaign(tmp_path: Path) -> None:
+    camp = _campaign(tmp_path, SLOW_CHAIN[:1] + SLOW_CHAIN[1:], n=10, max_quanta=3)
+    assert len(camp.bundle_files()) == 10
+    with serve(camp.bundles_dir, camp.repo) as url:
+        pilots = [_start(url, tmp_path / f"pilot{i}", "--idle-timeout", "2") for i in (1, 2)]
+        outcomes = [_finish(p) for p in pilots]
+        for code, stdout, stderr in outcomes:
+            assert code == ExitCode.SUCCESS, stderr
+            assert "no work for" in stdout
+        bundles = [int(out.split(" bundles,")[0].rsplit(" ", 1)[1]) for _, out, _ in outcomes]
+        assert sum(bundles) == 10 and min(bundles) >= 1  # both pilots worked
+        wait_for(lambda: _all_ingested(url, 10), "every bundle ingested")
+    executions = _executions(tmp_path / "pilot1", tmp_path / "pilot2")
+    assert len(executions) == len(set(executions)) == 30
+    _assert_each_dataset_once(camp, 30)
+
+
+def test_sigterm_drains_and_the_other_pilot_finishes(tmp_path: Path) -> None:
+    camp = _campaign(tmp_path, SLOW_CHAIN, n=4, max_quanta=12)
+    (bundle,) = camp.bundle_files()
+    with serve(camp.bundles_dir, camp.repo) as url:
+        first = _start(url, tmp_path / "pilot1", "--grace", "5", "--idle-timeout", "2")
+        journal = tmp_path / "pilot1" / bundle.stem / "journal.jsonl"
+        wait_for(lambda: journal.exists() and len(journal.read_text().splitlines()) >= 2, "two quanta")
+        os.killpg(first.pid, signal.SIGTERM)
+        code, stdout, stderr = _finish(first)
+        assert code == ExitCode.DRAINED, stderr
+        assert "drained: received SIGTERM" in stdout
+        done_first = set(_executions(tmp_path / "pilot1"))
+        assert 2 <= len(done_first) < 12
+
+        second = _start(url, tmp_path / "pilot2", "--idle-timeout", "2")
+        code, stdout, stderr = _finish(second)
+        assert code == ExitCode.SUCCESS, stderr
+        wait_for(lambda: _all_ingested(url, 2), "both the drained bundle and its remainder ingested")
+    done_second = _executions(tmp_path / "pilot2")
+    assert not done_first & set(done_second), "a finished quantum ran twice"
+    assert len(done_first) + len(done_second) == 12
+    _assert_each_dataset_once(camp, 12)
+
+
+def test_sigkill_lease_expires_and_bundle_is_redone(tmp_path: Path) -> None:
+    camp = _campaign(tmp_path, SLOW_CHAIN, n=2, max_quanta=6)
+    (bundle,) = camp.bundle_files()
+    with serve(camp.bundles_dir, camp.repo, "--lease-ttl", "3") as url:
+        doomed = _start(url, tmp_path / "pilot1")
+        journal = tmp_path / "pilot1" / bundle.stem / "journal.jsonl"
+        wait_for(lambda: journal.exists() and journal.read_text().count("\n") >= 1, "a finished quantum")
+        os.killpg(doomed.pid, signal.SIGKILL)
+        doomed.wait(timeout=60)
+        survivor = _start(url, tmp_path / "pilot2", "--idle-timeout", "8")
+        code, stdout, stderr = _finish(survivor)
+        assert code == ExitCode.SUCCESS, stderr
+        wait_for(lambda: _all_ingested(url, 1), "the redone bundle ingested")
+    assert len(_executions(tmp_path / "pilot2")) == 6  # redone whole: nothing of the killed pilot was staged
+    _assert_each_dataset_once(camp, 6)
+
+
+def test_wrong_token_exits_with_auth_code(tmp_path: Path) -> None:
+    camp = _campaign(tmp_path, SLOW_CHAIN[:1], n=1, max_quanta=1)
+    with serve(camp.bundles_dir, camp.repo) as url:
+        wrong = tmp_path / "wrong.token"
+        wrong.write_text("not-the-token\n")
+        result = pilot("start", "--scheduler", url, "--token-file", wrong, "--workspace", tmp_path / "ws")
+        assert result.returncode == ExitCode.AUTH_FAILED
+        errors = [line for line in result.stderr.splitlines() if line.startswith("pilot: error:")]
+        assert len(errors) == 1 and "refused the token" in errors[0]
+        status = SchedulerClient(url, TOKEN).status()
+        assert status.bundles["queued"] == 1 and status.bundles["running"] == 0
+
+
+def test_short_lived_pilot_gets_no_long_bundle(tmp_path: Path) -> None:
+    camp = _campaign(tmp_path, SLOW_CHAIN[:1], n=1, max_quanta=1)
+    (bundle,) = camp.bundle_files()
+    document = json.loads(bundle.read_text())
+    document["resources"] = {"cores": 1, "seconds": 3600}
+    bundle.write_text(json.dumps(document))
+    with serve(camp.bundles_dir, camp.repo) as url:
+        proc = _start(url, tmp_path / "pilot", "--lifetime", "600", "--idle-timeout", "1")
+        code, stdout, stderr = _finish(proc)
+        assert code == ExitCode.SUCCESS, stderr
+        assert "no work for" in stdout and ": 0 bundles" in stdout.replace("; 0 bundles", ": 0 bundles")
+        assert SchedulerClient(url, TOKEN).status().bundles["queued"] == 1
