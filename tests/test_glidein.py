@@ -119,7 +119,7 @@ def test_sigterm_drains_and_the_other_pilot_finishes(tmp_path: Path) -> None:
 def test_sigkill_lease_expires_and_bundle_is_redone(tmp_path: Path) -> None:
     camp = _campaign(tmp_path, SLOW_CHAIN, n=2, max_quanta=6)
     (bundle,) = camp.bundle_files()
-    with serve(camp.bundles_dir, camp.repo, "--lease-ttl", "3") as url:
+    with serve(camp.bundles_dir, camp.repo, "--lease-ttl", "5") as url:
         doomed = _start(url, tmp_path / "pilot1")
         journal = tmp_path / "pilot1" / bundle.stem / "journal.jsonl"
         wait_for(lambda: journal.exists() and journal.read_text().count("\n") >= 1, "a finished quantum")

@@ -63,7 +63,7 @@ def test_stage_out_retries_server_errors(tmp_path: Path) -> None:
     # More failures than lsst.resources' own per-request retries absorb (6 tries).
     server = start_webdav(tmp_path / "dav", port, {"DAV_FAIL_PUTS": "8", "DAV_STATE": str(state)})
     try:
-        result = pilot("run", bundle, "--workspace", tmp_path / "ws", env=FAST_HTTP)
+        result = pilot("run", "--processes", "0", bundle, "--workspace", tmp_path / "ws", env=FAST_HTTP)
         assert result.returncode == ExitCode.SUCCESS, result.stderr
         assert (state / "failed_puts").read_text() == "8"
         report = read_report(tmp_path / "ws")
@@ -79,11 +79,14 @@ def test_stage_out_retries_server_errors(tmp_path: Path) -> None:
 def test_stage_out_fails_while_server_down_then_resumes(tmp_path: Path) -> None:
     port = _free_port()
     camp, bundle, staging = _bundle_to_dav_staging(tmp_path, port)
+    # lsst.resources probes a WebDAV endpoint with its default backoff (~17 s while refused),
+    # whatever LSST_HTTP_BACKOFF_* say: one retry is patience enough here.
+    _edit(bundle, staging={"retry_attempts": 2})
     area = tmp_path / "ws"
-    result = pilot("run", bundle, "--workspace", area, env=FAST_HTTP)  # nothing listens on the port
+    result = pilot("run", "--processes", "0", bundle, "--workspace", area, env=FAST_HTTP)  # port closed
     assert result.returncode == ExitCode.STAGE_OUT_FAILED, result.stderr
     errors = [line for line in result.stderr.splitlines() if line.startswith("pilot: error:")]
-    assert len(errors) == 1 and "stage-out of bundle" in errors[0] and "gave up after 3 attempts" in errors[0]
+    assert len(errors) == 1 and "stage-out of bundle" in errors[0] and "gave up after 2 attempts" in errors[0]
     report = read_report(area)
     assert report["counts"]["succeeded"] == 6 and report["exit_code"] == ExitCode.STAGE_OUT_FAILED
     outputs = _mtimes(area / bundle.stem / "repo" / "test")
@@ -91,7 +94,7 @@ def test_stage_out_fails_while_server_down_then_resumes(tmp_path: Path) -> None:
 
     server = start_webdav(tmp_path / "dav", port)
     try:
-        result = pilot("run", bundle, "--workspace", area, "--resume", env=FAST_HTTP)
+        result = pilot("run", "--processes", "0", bundle, "--workspace", area, "--resume", env=FAST_HTTP)
         assert result.returncode == ExitCode.SUCCESS, result.stderr
         report = read_report(area)
         assert report["resumed_quanta"] == 6 and all(q["resumed"] for q in report["quanta"])
@@ -104,7 +107,8 @@ def test_stage_out_fails_while_server_down_then_resumes(tmp_path: Path) -> None:
 
 
 def test_resume_needs_a_journal(campaign: Campaign, tmp_path: Path) -> None:
-    result = pilot("run", campaign.bundle_files()[0], "--workspace", tmp_path / "ws", "--resume")
+    bundle = campaign.bundle_files()[0]
+    result = pilot("run", "--processes", "0", bundle, "--workspace", tmp_path / "ws", "--resume")
     assert result.returncode == ExitCode.BAD_BUNDLE
     assert result.stderr.startswith("pilot: error: nothing to resume: workspace")
 
@@ -115,7 +119,7 @@ def test_corrupt_input_is_refetched_then_fails(campaign: Campaign, tmp_path: Pat
     for raw in raws:  # the DBB's records no longer match its files
         with open(raw, "ab") as stream:
             stream.write(b"corrupted")
-    result = pilot("run", campaign.bundle_files()[0], "--workspace", tmp_path / "ws")
+    result = pilot("run", "--processes", "0", campaign.bundle_files()[0], "--workspace", tmp_path / "ws")
     assert result.returncode == ExitCode.STAGE_IN_FAILED, result.stderr
     lines = result.stderr.strip().splitlines()
     assert "(attempt 1)" in result.stderr  # refetched once
@@ -132,7 +136,7 @@ def test_bundles_of_one_pilot_share_the_input_cache(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     first, second = camp.bundle_files()
     area = tmp_path / "ws"
-    result = pilot("run", first, second, "--workspace", area)
+    result = pilot("run", "--processes", "0", first, second, "--workspace", area)
     assert result.returncode == 0, result.stderr
     one, two = read_report(area, first.stem), read_report(area, second.stem)
     # Each bundle reads 2 raws and the bias; the second finds the bias in the cache.
@@ -176,7 +180,7 @@ def test_crash_during_stage_out_leaves_no_partial_bundle(tmp_path: Path) -> None
         assert "no committed bundles found" in result.stdout
         assert len(camp.datasets_in_run()) == 4  # only the init-outputs `pilot bundle` wrote
 
-        result = pilot("run", bundle, "--workspace", area, "--resume", env=FAST_HTTP)
+        result = pilot("run", "--processes", "0", bundle, "--workspace", area, "--resume", env=FAST_HTTP)
         assert result.returncode == ExitCode.SUCCESS, result.stderr
         assert read_report(area)["resumed_quanta"] == 6
         for _ in range(2):
@@ -190,7 +194,7 @@ def test_crash_during_stage_out_leaves_no_partial_bundle(tmp_path: Path) -> None
 def test_provenance_record(campaign: Campaign, tmp_path: Path) -> None:
     bundle = campaign.bundle_files()[0]
     area = tmp_path / "ws"
-    assert pilot("run", bundle, "--workspace", area).returncode == 0
+    assert pilot("run", "--processes", "0", bundle, "--workspace", area).returncode == 0
     manifest = json.loads((campaign.staging / bundle.stem / "manifest.json").read_text())
     provenance = json.loads((campaign.staging / bundle.stem / manifest["provenance"]).read_text())
     report = read_report(area)
@@ -216,7 +220,7 @@ def test_provenance_record(campaign: Campaign, tmp_path: Path) -> None:
 def test_missing_token(campaign: Campaign, tmp_path: Path, token: dict, expected: str) -> None:
     bundle = campaign.bundle_files()[0]
     _edit(bundle, dbb={"token": token})
-    result = pilot("run", bundle, "--workspace", tmp_path / "ws")
+    result = pilot("run", "--processes", "0", bundle, "--workspace", tmp_path / "ws")
     assert result.returncode == ExitCode.STAGE_IN_FAILED
     assert result.stderr.strip().splitlines() == [
         f"pilot: error: {result.stderr.split('error: ')[1].strip()}"
