@@ -117,11 +117,19 @@ def run(
     cache.  The exit code is the highest of the bundles' codes.
     """
     from .bundle_model import load_bundle
+    from .slot import detect_slot
     from .worker_pool import pool_for
 
     bundles = [_guarded(functools.partial(load_bundle, path)) for path in bundle_files]
+    slot = _guarded(detect_slot)  # the machine ad's cores and site, in a glidein
+    if processes is None:
+        processes = bundles[0].execution.processes
     # Start the workers first: their forkserver imports the LSST stack while we do.
-    pool = _guarded(lambda: pool_for(bundles[0].execution, processes, memory_per_worker))
+    pool = _guarded(
+        lambda: pool_for(
+            bundles[0].execution, slot.cores if processes is None else processes, memory_per_worker
+        )
+    )
     from .report import format_task_table
     from .runner import run_bundle
     from .workspace import pilot_area
@@ -135,7 +143,14 @@ def run(
                     break
                 outcome = _guarded(
                     functools.partial(
-                        run_bundle, path, area, pool=pool, stop=stop, grace=grace, resume=resume
+                        run_bundle,
+                        path,
+                        area,
+                        pool=pool,
+                        stop=stop,
+                        grace=grace,
+                        resume=resume,
+                        site=slot.site,
                     )
                 )
                 _print_outcome(outcome, format_task_table)

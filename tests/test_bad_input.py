@@ -39,6 +39,10 @@ def _breakers(tmp: Path) -> dict[str, tuple[object, str]]:
         ),
         "run_mismatch": (lambda doc: doc["dbb"].update(output_run="other/run"), "does not match"),
         "unknown_activator": (lambda doc: doc["execution"].update(activator="teleport"), "unknown activator"),
+        "database_url": (
+            lambda doc: doc["dbb"].update(repo="postgresql://butler@db.example/dbb"),
+            "a bundle must not carry a database URL",
+        ),
     }
 
 
@@ -53,6 +57,7 @@ def _breakers(tmp: Path) -> dict[str, tuple[object, str]]:
         "quantum_not_in_graph",
         "run_mismatch",
         "unknown_activator",
+        "database_url",
     ],
 )
 def test_malformed_bundle(shared_campaign: Campaign, case: str, tmp_path: Path) -> None:
@@ -71,7 +76,7 @@ def test_malformed_bundle(shared_campaign: Campaign, case: str, tmp_path: Path) 
     broken = tmp_path / "broken.json"
     broken.write_text(broken_text)
     workspace = tmp_path / "ws"
-    result = pilot("run", broken, "--workspace", workspace)
+    result = pilot("run", "--processes", "0", broken, "--workspace", workspace)
     assert result.returncode == ExitCode.BAD_BUNDLE, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
@@ -82,7 +87,7 @@ def test_malformed_bundle(shared_campaign: Campaign, case: str, tmp_path: Path) 
 
 
 def test_missing_bundle_file(tmp_path: Path) -> None:
-    result = pilot("run", tmp_path / "absent.json")
+    result = pilot("run", "--processes", "0", tmp_path / "absent.json")
     assert result.returncode == ExitCode.BAD_BUNDLE
     assert result.stderr.strip() == f"pilot: error: bundle file {tmp_path / 'absent.json'} does not exist"
 
@@ -95,7 +100,7 @@ def test_unreachable_dbb(shared_campaign: Campaign, tmp_path: Path) -> None:
     doc["qgraph"] = str(original.with_suffix(".qg"))
     broken = tmp_path / "elsewhere.json"
     broken.write_text(json.dumps(doc))
-    result = pilot("run", broken, "--workspace", tmp_path / "ws")
+    result = pilot("run", "--processes", "0", broken, "--workspace", tmp_path / "ws")
     assert result.returncode == ExitCode.STAGE_IN_FAILED
     assert len(result.stderr.strip().splitlines()) == 1
     assert "cannot read DBB configuration" in result.stderr

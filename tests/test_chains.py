@@ -85,11 +85,11 @@ def test_cut_chain_reads_upstream_bundle_outputs(tmp_path: Path) -> None:
     first, second = list(docs)[:2]
     assert docs[second]["depends_on"] == [docs[first]["bundle_id"]]
 
-    early = pilot("run", second, "--workspace", tmp_path / "early")
+    early = pilot("run", "--processes", "0", second, "--workspace", tmp_path / "early")
     assert early.returncode == 12, early.stderr  # STAGE_IN_FAILED: upstream not committed yet
     assert f"consumes outputs of bundle {docs[first]['bundle_id']}" in early.stderr
     for path in docs:
-        result = pilot("run", path, "--workspace", tmp_path / "ws" / path.stem)
+        result = pilot("run", "--processes", "0", path, "--workspace", tmp_path / "ws" / path.stem)
         assert result.returncode == 0, result.stderr
     assert pilot("ingest", repo).returncode == 0
     from lsst.daf.butler import Butler
@@ -111,8 +111,8 @@ def test_upstream_failure_blocks_downstream_bundle(tmp_path: Path) -> None:
     out = tmp_path / "bundles"
     assert pilot("bundle", qgraph, "--repo", repo, "--out", out, "--max-quanta", "2").returncode == 0
     upstream, downstream = sorted(out.glob("*.json"))
-    assert pilot("run", upstream, "--workspace", tmp_path / "up").returncode == 10
-    result = pilot("run", downstream, "--workspace", tmp_path / "down")
+    assert pilot("run", "--processes", "0", upstream, "--workspace", tmp_path / "up").returncode == 10
+    result = pilot("run", "--processes", "0", downstream, "--workspace", tmp_path / "down")
     assert result.returncode == 10, result.stderr  # QUANTA_FAILED, not a silent "no work" success
     (quantum,) = read_report(tmp_path / "down")["quanta"]
     assert quantum["status"] == "blocked"

@@ -44,7 +44,7 @@ def test_bundle_run_ingest(kind: str, request: pytest.FixtureRequest, tmp_path: 
     (bundle,) = sorted(out.glob("*.json"))
     bundle_doc = bundle.read_text()
     assert "postgresql" not in bundle_doc  # a job never learns the registry's address
-    result = pilot("run", bundle, "--workspace", tmp_path / "ws")
+    result = pilot("run", "--processes", "0", bundle, "--workspace", tmp_path / "ws")
     assert result.returncode == 0, result.stderr
     report = read_report(tmp_path / "ws")
     assert report["stage_in"]["files"] == 4  # the raws, fetched from the DBB's datastore

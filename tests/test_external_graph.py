@@ -193,7 +193,7 @@ def executed(tmp_path_factory: pytest.TempPathFactory) -> Executed:
     reports = []
     for bundle in bundles:
         workspace = root / "workspaces" / bundle.stem
-        ok(pilot("run", bundle, "--workspace", workspace))
+        ok(pilot("run", "--processes", "0", bundle, "--workspace", workspace))
         reports.append(read_report(workspace))
     ok(pilot("ingest", pilot_repo))
     return Executed(root, qgraph, pilot_repo, reference_repo, bundles, reports)
@@ -430,7 +430,7 @@ def test_chain_cut_across_bundles(
         assert ready, "bundle dependencies form a cycle"
         for path in ready:
             workspace = executed.root / "workspaces-cut" / path.stem
-            ok(pilot("run", path, "--workspace", workspace))
+            ok(pilot("run", "--processes", "0", path, "--workspace", workspace))
             for quantum in read_report(workspace)["quanta"]:
                 assert quantum["status"] == "succeeded" and quantum["caveat"] is None, (path.stem, quantum)
         ok(pilot("ingest", repo))

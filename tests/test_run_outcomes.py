@@ -21,7 +21,7 @@ def test_failure_blocks_only_its_chain(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     (bundle,) = camp.bundle_files()  # no --max-quanta: one bundle of six chains
     workspace = tmp_path / "ws"
-    result = pilot("run", bundle, "--workspace", workspace)
+    result = pilot("run", "--processes", "0", bundle, "--workspace", workspace)
     assert result.returncode == ExitCode.QUANTA_FAILED, result.stderr
     report = read_report(workspace)
     assert report["status"] == "partial"
@@ -60,23 +60,23 @@ def test_failure_blocks_only_its_chain(tmp_path: Path) -> None:
 def test_rerun_after_success_adds_no_duplicates(campaign: Campaign) -> None:
     bundle = campaign.bundle_files()[0]
     workspace = campaign.root / "ws"
-    assert pilot("run", bundle, "--workspace", workspace).returncode == 0
+    assert pilot("run", "--processes", "0", bundle, "--workspace", workspace).returncode == 0
     assert pilot("ingest", campaign.repo).returncode == 0
     first = campaign.datasets_in_run()
     assert len(first) == 18 + 4  # 6 quanta x (output, metadata, log) + 3 configs + packages
 
     # Same workspace: the journal shows every quantum succeeded; none runs again.
-    result = pilot("run", bundle, "--workspace", workspace, "--resume")
+    result = pilot("run", "--processes", "0", bundle, "--workspace", workspace, "--resume")
     assert result.returncode == 0, result.stderr
     report = read_report(workspace)
     assert report["resumed_quanta"] == 6 and all(q["resumed"] for q in report["quanta"])
     # Without the journal, each quantum still finds its outputs in the workspace.
     (workspace / bundle.stem / "journal.jsonl").unlink()
-    assert pilot("run", bundle, "--workspace", workspace).returncode == 0
+    assert pilot("run", "--processes", "0", bundle, "--workspace", workspace).returncode == 0
     report = read_report(workspace)
     assert {q["caveat"] for q in report["quanta"]} == {"outputs already in workspace"}
     # Fresh workspace: recomputed, staged again, and ingest registers nothing new.
-    assert pilot("run", bundle, "--workspace", campaign.root / "ws2").returncode == 0
+    assert pilot("run", "--processes", "0", bundle, "--workspace", campaign.root / "ws2").returncode == 0
     result = pilot("ingest", campaign.repo)
     assert result.returncode == 0, result.stderr
     assert "ingested 0 datasets (18 already present)" in result.stdout

@@ -5,7 +5,7 @@ def test_bundle_run_ingest(campaign: Campaign) -> None:
     files = campaign.bundle_files()
     assert len(files) == 3
     for path in files:
-        result = pilot("run", path, "--workspace", campaign.root / "ws" / path.stem)
+        result = pilot("run", "--processes", "0", path, "--workspace", campaign.root / "ws" / path.stem)
         assert result.returncode == 0, result.stderr
         report = read_report(campaign.root / "ws" / path.stem)
         assert report["counts"]["succeeded"] == 6

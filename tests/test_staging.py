@@ -194,10 +194,15 @@ def test_crash_during_stage_out_leaves_no_partial_bundle(tmp_path: Path) -> None
 def test_provenance_record(campaign: Campaign, tmp_path: Path) -> None:
     bundle = campaign.bundle_files()[0]
     area = tmp_path / "ws"
-    assert pilot("run", "--processes", "0", bundle, "--workspace", area).returncode == 0
+    ad = tmp_path / "machine.ad"  # as a glidein's slot would have it
+    ad.write_text('Cpus = 1\nMemory = 4096\nDisk = 10000000\nGLIDEIN_Site = "TEST_SITE"\n')
+    result = pilot("run", bundle, "--workspace", area, env={"_CONDOR_MACHINE_AD": str(ad)})
+    assert result.returncode == 0, result.stderr
     manifest = json.loads((campaign.staging / bundle.stem / "manifest.json").read_text())
     provenance = json.loads((campaign.staging / bundle.stem / manifest["provenance"]).read_text())
     report = read_report(area)
+    assert report["processes"] == 1  # the machine ad's Cpus
+    assert provenance["site"] == "TEST_SITE"
     assert provenance["host"] == report["host"] and provenance["software"] == report["software"]
     assert len(provenance["quanta"]) == 6
     repo = area / bundle.stem / "repo"
@@ -226,3 +231,76 @@ def test_missing_token(campaign: Campaign, tmp_path: Path, token: dict, expected
         f"pilot: error: {result.stderr.split('error: ')[1].strip()}"
     ]
     assert expected in result.stderr
+
+
+def _tls_certificate(directory: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 (what a site's CA bundle would vouch for)."""
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key
+
+
+def test_token_by_reference_reaches_https_storage(tmp_path: Path) -> None:
+    cert, key = _tls_certificate(tmp_path)
+    port = _free_port()
+    camp = make_campaign(tmp_path, CHAIN3, n_detectors=2)
+    staging = f"https://127.0.0.1:{port}/staging/"
+    out = camp.bundles_dir
+    assert (
+        pilot("bundle", camp.qgraph, "--repo", camp.repo, "--out", out, "--staging", staging).returncode == 0
+    )
+    (bundle,) = camp.bundle_files()
+    token_file = tmp_path / "dbb.token"
+    token_file.write_text("right-token\n")
+    token_file.chmod(0o600)
+    _edit(bundle, dbb={"token": {"file": str(token_file)}}, staging={"retry_attempts": 1})
+    assert "right-token" not in bundle.read_text()  # the bundle holds a reference, never the token
+    # requests lets REQUESTS_CA_BUNDLE (set on many machines) override LSST_HTTP_CACERT_BUNDLE.
+    env = {**FAST_HTTP, "LSST_HTTP_CACERT_BUNDLE": str(cert), "REQUESTS_CA_BUNDLE": str(cert)}
+    faults = {"DAV_TLS_CERT": str(cert), "DAV_TLS_KEY": str(key), "DAV_BEARER_TOKEN": "right-token"}
+    server = start_webdav(tmp_path / "dav", port, faults)
+    try:
+        token_file.chmod(0o644)
+        result = pilot("run", "--processes", "0", bundle, "--workspace", tmp_path / "ws0", env=env)
+        assert result.returncode == ExitCode.STAGE_IN_FAILED
+        assert "must be readable by its owner only" in result.stderr.strip().splitlines()[-1]
+
+        token_file.write_text("wrong-token\n")
+        token_file.chmod(0o600)
+        result = pilot("run", "--processes", "0", bundle, "--workspace", tmp_path / "ws1", env=env)
+        assert result.returncode == ExitCode.STAGE_OUT_FAILED, result.stderr
+        assert "401" in result.stderr.strip().splitlines()[-1]
+        assert not (tmp_path / "dav" / "staging" / bundle.stem / "manifest.json").exists()
+
+        token_file.write_text("right-token\n")
+        result = pilot(
+            "run", "--processes", "0", bundle, "--workspace", tmp_path / "ws1", "--resume", env=env
+        )
+        assert result.returncode == ExitCode.SUCCESS, result.stderr
+        assert (tmp_path / "dav" / "staging" / bundle.stem / "manifest.json").exists()
+        central = {**env, "LSST_HTTP_AUTH_BEARER_TOKEN": str(token_file)}
+        assert pilot("ingest", camp.repo, "--staging", staging, env=central).returncode == 0
+    finally:
+        stop_process(server)
+    assert len(camp.datasets_in_run()) == 18 + 4

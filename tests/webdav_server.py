@@ -8,6 +8,11 @@ Faults for the tests, from the environment:
 - ``DAV_FAIL_PUTS=N``: answer 500 to the first N PUTs (counted in ``$DAV_STATE/failed_puts``);
 - ``DAV_STALL_ZIP_PUT=1``: on a PUT of a ``.zip``, create ``$DAV_STATE/zip_put_started``
   and stall (a client killed meanwhile leaves a partial upload at most).
+
+Like a production door, from the environment too:
+
+- ``DAV_TLS_CERT`` / ``DAV_TLS_KEY``: serve HTTPS with this certificate and key;
+- ``DAV_BEARER_TOKEN``: answer 401 to any request but OPTIONS without ``Authorization: Bearer <it>``.
 """
 
 import os
@@ -19,6 +24,7 @@ from typing import Any
 from urllib.parse import unquote
 
 from cheroot import wsgi
+from cheroot.ssl.builtin import BuiltinSSLAdapter
 from wsgidav.wsgidav_app import WsgiDAVApp
 
 
@@ -61,6 +67,20 @@ def inject_faults(app: Callable[..., Iterable[bytes]], state: str) -> Callable[.
     return wrapped
 
 
+def require_token(app: Callable[..., Iterable[bytes]], token: str) -> Callable[..., Iterable[bytes]]:
+    """Wrap ``app`` so that only requests bearing ``token`` get through (and, as on dCache doors,
+    the anonymous ``OPTIONS`` that clients send to learn the server's capabilities)."""
+
+    def wrapped(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        anonymous_ok = environ.get("REQUEST_METHOD") == "OPTIONS"
+        if not anonymous_ok and environ.get("HTTP_AUTHORIZATION") != f"Bearer {token}":
+            start_response("401 Unauthorized", [("Content-Type", "text/plain")])
+            return [b"bearer token required\n"]
+        return app(environ, start_response)
+
+    return wrapped
+
+
 if __name__ == "__main__":
     root, port = sys.argv[1], int(sys.argv[2])
     app = WsgiDAVApp(
@@ -74,4 +94,10 @@ if __name__ == "__main__":
         }
     )
     state = os.environ.get("DAV_STATE", root)
-    wsgi.Server(("127.0.0.1", port), inject_faults(create_parents_on_put(app, root), state)).start()
+    served = inject_faults(create_parents_on_put(app, root), state)
+    if token := os.environ.get("DAV_BEARER_TOKEN"):
+        served = require_token(served, token)
+    server = wsgi.Server(("127.0.0.1", port), served)
+    if cert := os.environ.get("DAV_TLS_CERT"):
+        server.ssl_adapter = BuiltinSSLAdapter(cert, os.environ["DAV_TLS_KEY"])
+    server.start()
