@@ -287,7 +287,7 @@ def serve(bundle_dir: Path, repo: Path, *args: str) -> Iterator[str]:
 
 
 def wait_for(condition, what: str):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + 60  # a bound on waiting, not a timing assertion
+    deadline = time.monotonic() + 300  # a bound against hangs, not a timing assertion
     while not (value := condition()):
         assert time.monotonic() < deadline, f"gave up waiting for {what}"
         time.sleep(0.2)

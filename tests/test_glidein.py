@@ -20,6 +20,7 @@ from conftest import (
 )
 
 from pilot.exit_codes import ExitCode
+from pilot.protocol import StatusResponse
 from pilot.scheduler_client import SchedulerClient
 
 SLOW_CHAIN = (
@@ -65,8 +66,16 @@ def _executions(*areas: Path) -> list[str]:
     return ids
 
 
+def _status(url: str) -> StatusResponse:
+    client = SchedulerClient(url, TOKEN)
+    try:
+        return client.status()
+    finally:
+        client.close()
+
+
 def _all_ingested(url: str, n_bundles: int) -> bool:
-    status = SchedulerClient(url, TOKEN).status()
+    status = _status(url)
     return status.bundles["done"] >= n_bundles and status.ingest.get("pending", 0) == 0
 
 
@@ -142,7 +151,7 @@ def test_wrong_token_exits_with_auth_code(tmp_path: Path) -> None:
         assert result.returncode == ExitCode.AUTH_FAILED
         errors = [line for line in result.stderr.splitlines() if line.startswith("pilot: error:")]
         assert len(errors) == 1 and "refused the token" in errors[0]
-        status = SchedulerClient(url, TOKEN).status()
+        status = _status(url)
         assert status.bundles["queued"] == 1 and status.bundles["running"] == 0
 
 
@@ -157,4 +166,4 @@ def test_short_lived_pilot_gets_no_long_bundle(tmp_path: Path) -> None:
         code, stdout, stderr = _finish(proc)
         assert code == ExitCode.SUCCESS, stderr
         assert "no work for" in stdout and ": 0 bundles" in stdout.replace("; 0 bundles", ": 0 bundles")
-        assert SchedulerClient(url, TOKEN).status().bundles["queued"] == 1
+        assert _status(url).bundles["queued"] == 1

@@ -53,6 +53,8 @@ def serve(options: ServeOptions, settings: Settings) -> None:
     sweeper.start()
     server = wsgi.Server((options.host, options.port), SchedulerApp(scheduler, options.token))
     server.numthreads = options.threads
+    # Idle keep-alive clients must not hold up a shutdown (cheroot waits this long per thread).
+    server.shutdown_timeout = 1
     server.prepare()
     host, port = server.bind_addr[:2]
     print(f"pilot serve: {added} bundles queued ({known} known) at http://{host}:{port}/v1/", flush=True)
