@@ -6,6 +6,7 @@ import dataclasses
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -269,21 +270,34 @@ TOKEN = "s3cret-token"
 
 @contextmanager
 def serve(bundle_dir: Path, repo: Path, *args: str) -> Iterator[str]:
-    """Run ``pilot serve`` on a free loopback port; yield its URL once it listens."""
+    """Run ``pilot serve`` on a free loopback port; yield its URL once it listens.
+
+    Its stderr goes to ``serve.log`` next to ``bundle_dir``: a pipe nobody reads would
+    fill up and block the server's logging.
+    """
     token_file = bundle_dir.parent / "token"
     token_file.write_text(TOKEN + "\n")
     port = _free_port()
     command = [sys.executable, "-m", "pilot.cli", "serve", str(bundle_dir), "--repo", str(repo)]
     command += ["--token-file", str(token_file), "--port", str(port), "--threads", "8", *args]
-    server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log_path = bundle_dir.parent / "serve.log"
+    with open(log_path, "w") as log:
+        server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log, text=True)
     try:
         assert server.stdout is not None
-        line = server.stdout.readline()  # printed once the socket is bound
-        assert "queued" in line, server.stderr.read() if server.stderr else line
+        line = server.stdout.readline()  # printed once the socket is bound; nothing follows
+        assert "queued" in line, log_path.read_text()
         yield f"http://127.0.0.1:{port}"
     finally:
         server.terminate()
-        server.wait(timeout=30)
+        try:
+            server.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            server.send_signal(signal.SIGUSR2)  # dump its threads' stacks into the log
+            time.sleep(1)
+            server.kill()
+            server.wait()
+            pytest.fail(f"pilot serve did not stop on SIGTERM:\n{log_path.read_text()[-6000:]}")
 
 
 def wait_for(condition, what: str):  # type: ignore[no-untyped-def]

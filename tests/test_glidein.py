@@ -40,18 +40,21 @@ def _campaign(tmp_path: Path, tasks: tuple[TaskSpec, ...], n: int, max_quanta: i
 
 
 def _start(url: str, area: Path, *args: str) -> subprocess.Popen:
+    """Start ``pilot start`` in its own session; its output goes to files (a full pipe would block it)."""
     token = area.parent / f"{area.name}.token"
     token.write_text(TOKEN + "\n")
     command = [sys.executable, "-m", "pilot.cli", "start", "--scheduler", url, "--token-file", str(token)]
     command += ["--workspace", str(area), "--keep-workspaces", "--processes", "1", *args]
-    return subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
-    )
+    with open(f"{area}.out", "w") as out, open(f"{area}.err", "w") as err:
+        proc = subprocess.Popen(command, stdout=out, stderr=err, text=True, start_new_session=True)
+    proc.area = area  # type: ignore[attr-defined]
+    return proc
 
 
 def _finish(proc: subprocess.Popen) -> tuple[int, str, str]:
-    stdout, stderr = proc.communicate(timeout=600)  # a bound against hangs, not a timing assertion
-    return proc.returncode, stdout, stderr
+    proc.wait(timeout=600)  # a bound against hangs, not a timing assertion
+    area = proc.area  # type: ignore[attr-defined]
+    return proc.returncode, Path(f"{area}.out").read_text(), Path(f"{area}.err").read_text()
 
 
 def _executions(*areas: Path) -> list[str]:

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import faulthandler
 import logging
 import signal
 import threading
 import time
 from pathlib import Path
-from types import FrameType
 
 from cheroot import wsgi
 from lsst.resources import ResourcePath
@@ -58,11 +58,15 @@ def serve(options: ServeOptions, settings: Settings) -> None:
     server.prepare()
     host, port = server.bind_addr[:2]
     print(f"pilot serve: {added} bundles queued ({known} known) at http://{host}:{port}/v1/", flush=True)
-    signal.signal(signal.SIGTERM, _exit_on_signal)
+    # A signal only sets an event; a plain thread stops cheroot.  Raising out of a signal
+    # handler could interrupt cheroot while it holds a lock and hang its shutdown.
+    signalled = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda _signum, _frame: signalled.set())
+    faulthandler.register(signal.SIGUSR2)  # operators: SIGUSR2 dumps every thread's stack to stderr
+    threading.Thread(target=_stop_when, args=(signalled, server), name="shutdown", daemon=True).start()
     try:
         server.serve()
-    except KeyboardInterrupt:
-        pass
     finally:
         stop.set()
         server.stop()
@@ -70,8 +74,10 @@ def serve(options: ServeOptions, settings: Settings) -> None:
         store.close()
 
 
-def _exit_on_signal(signum: int, _frame: FrameType | None) -> None:
-    raise KeyboardInterrupt(signal.Signals(signum).name)
+def _stop_when(signalled: threading.Event, server: wsgi.Server) -> None:
+    signalled.wait()
+    _LOG.warning("Stopping on a signal.")
+    server.stop()
 
 
 def _sweep(scheduler: Scheduler, stop: threading.Event) -> None:
