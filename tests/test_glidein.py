@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from conftest import (
@@ -22,6 +23,8 @@ from conftest import (
 from pilot.exit_codes import ExitCode
 from pilot.protocol import StatusResponse
 from pilot.scheduler_client import SchedulerClient
+
+STARTUP_SCRIPT = Path(__file__).parent.parent / "containers" / "glidein-startup.sh"
 
 SLOW_CHAIN = (
     TaskSpec("a", "raw", "x", sleep=0.5),
@@ -104,18 +107,46 @@ def test_two_pilots_complete_a_campaign(tmp_path: Path) -> None:
     _assert_each_dataset_once(camp, 30)
 
 
+def _start_glidein(url: str, scratch: Path, *args: str) -> subprocess.Popen:
+    """Start a pilot the production way: ``containers/glidein-startup.sh`` in a fake HTCondor slot."""
+    scratch.mkdir()
+    token = scratch / "pilot.token"
+    token.write_text(TOKEN + "\n")
+    ad = scratch / ".machine.ad"
+    ad.write_text(
+        f'Cpus = 1\nMemory = 4096\nDisk = 10000000\nGLIDEIN_Site = "TEST_SITE"\n'
+        f"GLIDEIN_ToDie = {int(time.time()) + 86400}\n"
+    )
+    env = {
+        **os.environ,
+        "_CONDOR_SCRATCH_DIR": str(scratch),
+        "_CONDOR_MACHINE_AD": str(ad),
+        "PILOT_SCHEDULER_URL": url,
+        "PILOT_TOKEN_FILE": str(token),
+        "PILOT_BIN": str(Path(sys.executable).parent / "pilot"),
+    }
+    command = [str(STARTUP_SCRIPT), "--", "--keep-workspaces", *args]
+    with open(scratch / "glidein.out", "w") as out, open(scratch / "glidein.err", "w") as err:
+        proc = subprocess.Popen(command, stdout=out, stderr=err, env=env, cwd=scratch)
+    proc.area = scratch / "glidein"  # type: ignore[attr-defined]  # glidein.out / glidein.err
+    return proc
+
+
 def test_sigterm_drains_and_the_other_pilot_finishes(tmp_path: Path) -> None:
     camp = _campaign(tmp_path, SLOW_CHAIN, n=4, max_quanta=12)
     (bundle,) = camp.bundle_files()
     with serve(camp.bundles_dir, camp.repo) as url:
-        first = _start(url, tmp_path / "pilot1", "--grace", "5", "--idle-timeout", "2")
-        journal = tmp_path / "pilot1" / bundle.stem / "journal.jsonl"
+        # The first pilot runs as in production: the glidein startup script, a machine ad.
+        first = _start_glidein(url, tmp_path / "slot1", "--grace", "5", "--idle-timeout", "2")
+        area1 = tmp_path / "slot1" / "pilot"
+        journal = area1 / bundle.stem / "journal.jsonl"
         wait_for(lambda: journal.exists() and len(journal.read_text().splitlines()) >= 2, "two quanta")
-        os.killpg(first.pid, signal.SIGTERM)
+        first.send_signal(signal.SIGTERM)  # HTCondor signals the startup script, which forwards it
         code, stdout, stderr = _finish(first)
         assert code == ExitCode.DRAINED, stderr
         assert "drained: received SIGTERM" in stdout
-        done_first = set(_executions(tmp_path / "pilot1"))
+        assert "1 cores, 4096 MB (machine-ad), site TEST_SITE" in stderr
+        done_first = set(_executions(area1))
         assert 2 <= len(done_first) < 12
 
         second = _start(url, tmp_path / "pilot2", "--idle-timeout", "2")
