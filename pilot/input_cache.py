@@ -74,8 +74,5 @@ class InputCache:
 
 def blake2b_of(path: Path) -> str:
     """Hex blake2b digest of a file (the digest `FileDatastore` records)."""
-    digest = hashlib.blake2b()
     with open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(stream, "blake2b").hexdigest()

@@ -201,11 +201,8 @@ def _upload(stager: Stager, source: ResourcePath, destination: ResourcePath, sta
 
 
 def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
     with open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(stream, "sha256").hexdigest()
 
 
 def read_manifest(text: bytes) -> Manifest:
