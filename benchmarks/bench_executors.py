@@ -3,7 +3,7 @@
 
 One invocation builds a fresh DBB (demo instrument, ``--data-ids`` detectors, one ``raw``
 array of ``--payload`` bytes each), a quantum graph of ``--tasks`` chained
-:class:`pilot.probe_tasks.PayloadTask` tasks, and one copy of the DBB per executor, then
+:class:`pilot.demo.probe_tasks.PayloadTask` tasks, and one copy of the DBB per executor, then
 runs each executor as a real subprocess timed from outside:
 
 ``pilot``
@@ -56,7 +56,7 @@ OUTLIVE_TIMEOUT = 30.0
 PR_SET_CHILD_SUBREAPER = 36
 RAW_RUN = "raw/run"
 OUTPUT_RUN = "bench/run"
-INSTRUMENT = "DemoCam"  # pilot.demo.create_dbb's instrument
+INSTRUMENT = "DemoCam"  # pilot.demo.campaign.create_dbb's instrument
 PACKAGES = (
     "quanta-pilot",
     "lsst-daf-butler",
@@ -387,8 +387,8 @@ def build_graph(workdir: Path, n_data_ids: int, n_tasks: int, sleep: float, payl
     from lsst.pipe.base.all_dimensions_quantum_graph_builder import AllDimensionsQuantumGraphBuilder
     from lsst.pipe.base.pipeline_graph import PipelineGraph
 
-    from pilot.demo import create_dbb
-    from pilot.probe_tasks import PayloadConfig, PayloadTask
+    from pilot.demo.campaign import create_dbb
+    from pilot.demo.probe_tasks import PayloadConfig, PayloadTask
 
     start = time.perf_counter()
     dbb = workdir / "dbb-template"

@@ -28,8 +28,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from pilot.glidein.client import SchedulerClient
 from pilot.protocol import Heartbeat, Report, Slot
-from pilot.scheduler_client import SchedulerClient
 
 TOKEN = "bench-token"
 

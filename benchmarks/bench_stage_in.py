@@ -7,7 +7,7 @@ on a free 127.0.0.1 port) and fetches the same files, each time into a fresh emp
 directory:
 
 ``pilot-pN``
-    `pilot.stage_in.stage_in` with ``parallel=N`` (``--parallel``) into a fresh cache and
+    `pilot.staging.stage_in.stage_in` with ``parallel=N`` (``--parallel``) into a fresh cache and
     workspace, ``verify=True`` (the bundle default);
 ``pilot-p1``
     the same with ``parallel=1``;
@@ -41,8 +41,8 @@ from bench_executors import REPO_ROOT, _table, format_machine, machine_facts, to
 from lsst.daf.butler import Config, DataCoordinate, DatasetRef, DatasetType, DimensionUniverse
 from lsst.resources import ResourcePath
 
-from pilot.input_cache import InputCache
-from pilot.stage_in import InputFile, stage_in
+from pilot.staging.input_cache import InputCache
+from pilot.staging.stage_in import InputFile, stage_in
 from pilot.workspace import DBBDatastore
 
 sys.path.insert(0, str(REPO_ROOT / "tests"))

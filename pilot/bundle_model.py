@@ -15,8 +15,7 @@ from typing import Literal
 import pydantic
 from lsst.resources import ResourcePath
 
-from .errors import BundleError
-from .uri_display import shown
+from .errors import BundleError, shown
 
 SCHEMA_VERSION: Literal[1] = 1
 SCHEMA_PATH = Path(__file__).parent / "schemas" / "bundle.schema.json"

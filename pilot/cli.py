@@ -62,7 +62,7 @@ def main(log_level: str) -> None:
 @click.option("--staging", default=None, help="DBB staging-area URI (default: <repo>/pilot-staging).")
 def bundle(qgraph: str, repo: str, out_dir: Path, max_quanta: int | None, staging: str | None) -> None:
     """Split quantum graph QGRAPH (.qg) into bundle files, after preparing the DBB once."""
-    from .bundling import make_bundles
+    from .central.bundling import make_bundles
 
     paths = _guarded(lambda: make_bundles(qgraph, repo, out_dir, max_quanta=max_quanta, staging=staging))
     for path in paths:
@@ -117,8 +117,8 @@ def run(
     cache.  The exit code is the highest of the bundles' codes.
     """
     from .bundle_model import load_bundle
+    from .executor.worker_pool import pool_for
     from .slot import detect_slot
-    from .worker_pool import pool_for
 
     bundles = [_guarded(functools.partial(load_bundle, path)) for path in bundle_files]
     slot = _guarded(detect_slot)  # the machine ad's cores and site, in a glidein
@@ -189,7 +189,7 @@ def _print_outcome(outcome: RunOutcome, format_task_table: Callable[[dict], str]
 @click.option("--staging", default=None, help="DBB staging-area URI (default: <repo>/pilot-staging).")
 def ingest(repo: str, staging: str | None) -> None:
     """Register every committed bundle's outputs in DBB repository REPO (idempotent)."""
-    from .ingest import ingest_committed
+    from .central.ingest import ingest_committed
 
     results = _guarded(lambda: ingest_committed(repo, staging))
     for item in results:
@@ -245,9 +245,9 @@ def serve(
     threads: int,
 ) -> None:
     """Hand the bundles in BUNDLE_DIR to pilots (protocol v1); ingest what they stage."""
+    from .protocol import read_token
     from .scheduler.server import ServeOptions, serve
     from .scheduler.service import Settings
-    from .token_file import read_token
 
     token = _guarded(lambda: read_token(token_file))
     options = ServeOptions(bundle_dir, repo, token, db=db, host=host, port=port, threads=threads)
@@ -322,10 +322,10 @@ def start(
     --grace seconds, finished work is staged and reported, the rest is released.
     """
     from .bundle_model import ExecutionSpec
-    from .glidein import DRAIN_SIGNALS, StartOptions, default_pilot_id, start_pilot
-    from .scheduler_client import SchedulerClient, token_from
+    from .executor.worker_pool import pool_for
+    from .glidein.client import SchedulerClient, token_from
+    from .glidein.loop import DRAIN_SIGNALS, StartOptions, default_pilot_id, start_pilot
     from .slot import detect_slot
-    from .worker_pool import pool_for
     from .workspace import pilot_area
 
     with stop_on_signals(*DRAIN_SIGNALS) as stop:
@@ -370,7 +370,7 @@ def start(
 )
 def demo(directory: Path, detectors: int, sleep: float, max_quanta: int, processes: int | None) -> None:
     """Build a demo DBB and pipeline in DIRECTORY, run every bundle, ingest, and report."""
-    from .demo import run_demo
+    from .demo.campaign import run_demo
     from .report import count_statuses, format_task_table
     from .slot import available_cores
 

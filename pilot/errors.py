@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from .exit_codes import ExitCode
+
+if TYPE_CHECKING:
+    from lsst.resources import ResourcePath
 
 
 class PilotError(Exception):
@@ -45,3 +50,8 @@ class SlotError(PilotError):
     """The slot description (the HTCondor machine ad) is malformed."""
 
     exit_code = ExitCode.BAD_BUNDLE
+
+
+def shown(uri: ResourcePath) -> str:
+    """Return ``uri`` as an operator would type it in a message: local files as plain paths."""
+    return uri.ospath if uri.isLocal and uri.scheme == "file" else str(uri)

@@ -1,4 +1,4 @@
-"""The scheduler protocol: HTTP + JSON documents exchanged by ``pilot start`` and ``pilot serve``.
+"""The scheduler protocol (HTTP + JSON between ``pilot start`` and ``pilot serve``) and its bearer token.
 
 Every path is under ``/v1/`` and every request carries ``Authorization: Bearer <token>``.
 The JSON Schemas of these models ship in ``pilot/schemas/protocol/`` (regenerate with
@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import pydantic
+
+from .errors import BundleError
 
 PROTOCOL_VERSION = "v1"
 SCHEMA_DIR = Path(__file__).parent / "schemas" / "protocol"
@@ -165,6 +167,23 @@ def json_schemas() -> dict[str, str]:
         schema["$id"] = f"https://quanta-pilot/schemas/protocol/{PROTOCOL_VERSION}/{name}.json"
         out[f"{name}.json"] = json.dumps(schema, indent=2, sort_keys=True) + "\n"
     return out
+
+
+def read_token(path: str | Path) -> str:
+    """Return the token in ``path`` (surrounding whitespace stripped).
+
+    Raises
+    ------
+    BundleError
+        The file is missing, unreadable or empty.
+    """
+    try:
+        token = Path(path).read_text().strip()
+    except OSError as err:
+        raise BundleError(f"cannot read token file {path}: {err.strerror or err}") from None
+    if not token or any(c.isspace() for c in token):
+        raise BundleError(f"token file {path} must hold one token (non-empty, no whitespace)")
+    return token
 
 
 if __name__ == "__main__":  # pragma: no cover - maintenance entry point

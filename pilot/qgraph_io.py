@@ -17,8 +17,7 @@ from collections.abc import Collection
 from lsst.pipe.base.quantum_graph import PredictedQuantumGraph, PredictedQuantumGraphComponents
 from lsst.resources import ResourcePath
 
-from .errors import BundleError
-from .uri_display import shown
+from .errors import BundleError, shown
 
 _LOG = logging.getLogger(__name__)
 

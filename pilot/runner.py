@@ -15,23 +15,23 @@ from lsst.resources import ResourcePath
 from activators.registry import activator_class
 
 from .bundle_model import Bundle, load_bundle
-from .bundle_session import SessionSpec
-from .chaining_butler import IoCounts
-from .dbb_token import apply_token
 from .errors import BundleError, PilotError
-from .execution import ExecutionOutcome, consumers_of, execute_bundle, execution_order
+from .executor.bundle_session import SessionSpec
+from .executor.chaining_butler import IoCounts
+from .executor.engine import ExecutionOutcome, consumers_of, execute_bundle, execution_order
+from .executor.worker_pool import WorkerPool
 from .exit_codes import ExitCode
-from .input_cache import InputCache
 from .interruption import StopRequest
 from .journal import JOURNAL_NAME, Journal, quanta_to_skip
-from .provenance import build_provenance, output_files
 from .qgraph_io import load_bundle_graph
 from .report import BundleReport, QuantumResult, count_statuses, environment, now
-from .stage_in import input_files, stage_in
-from .stage_out import produced_refs, stage_out
-from .transfer_retry import RetryPolicy
-from .upstream_inputs import fetch_upstream, upstream_refs
-from .worker_pool import WorkerPool
+from .staging.dbb_token import apply_token
+from .staging.input_cache import InputCache
+from .staging.provenance import build_provenance, output_files
+from .staging.retry import RetryPolicy
+from .staging.stage_in import input_files, stage_in
+from .staging.stage_out import produced_refs, stage_out
+from .staging.upstream_inputs import fetch_upstream, upstream_refs
 from .workspace import Workspace, input_cache_root, pilot_area, read_dbb_datastore
 
 _LOG = logging.getLogger(__name__)

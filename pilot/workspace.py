@@ -1,17 +1,20 @@
-"""The job's scratch directory and the local datastore the quanta write into."""
+"""The job's scratch directory, the local datastore the quanta write into, and butlers over it."""
 
 from __future__ import annotations
 
 import dataclasses
 import os
 import tempfile
+import uuid
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from lsst.daf.butler import Config
+from lsst.daf.butler import Config, QuantumBackedButler
+from lsst.daf.butler.datastore.record_data import DatastoreRecordData
+from lsst.pipe.base.quantum_graph import PredictedQuantumGraph
 from lsst.resources import ResourcePath
 
-from .errors import BundleError, StageInError
-from .uri_display import shown
+from .errors import BundleError, StageInError, shown
 
 BUTLER_ROOT_TOKEN = "<butlerRoot>"
 
@@ -132,3 +135,26 @@ class Workspace:
         uri = ResourcePath(self.repo / "butler.yaml")
         config.dumpToUri(uri, overwrite=True)
         return uri
+
+
+def workspace_butler(
+    qg: PredictedQuantumGraph,
+    local_repo: str,
+    *,
+    inputs: Iterable[uuid.UUID] = (),
+    outputs: Iterable[uuid.UUID] = (),
+    records: Mapping[str, DatastoreRecordData] | None = None,
+) -> QuantumBackedButler:
+    """Return a QBB over the workspace datastore that may read ``inputs`` and write ``outputs``.
+
+    With the ``records`` of the files the workspace holds, lookups are fast; without
+    them it reads in trust mode, finding each file at its templated location.
+    """
+    return QuantumBackedButler.from_predicted(
+        config=local_repo,
+        predicted_inputs=list(inputs),
+        predicted_outputs=list(outputs),
+        dimensions=qg.pipeline_graph.universe,
+        datastore_records=dict(records or {}),
+        dataset_types={d.name: d.dataset_type for d in qg.pipeline_graph.dataset_types.values()},
+    )

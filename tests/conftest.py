@@ -24,7 +24,7 @@ from lsst.pipe.base.tests.mocks import (
     DynamicTestPipelineTaskConfig,
 )
 
-from pilot.demo import create_dbb
+from pilot.demo.campaign import create_dbb
 
 DIMENSIONS = ("instrument", "detector")
 

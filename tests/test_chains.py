@@ -8,8 +8,8 @@ from pathlib import Path
 from conftest import TaskSpec, build_graph, pilot, read_report
 from lsst.pipe.base.quantum_graph import PredictedQuantumGraph
 
-from pilot.chains import find_chains, pack_chains
-from pilot.demo import create_dbb
+from pilot.central.chains import find_chains, pack_chains
+from pilot.demo.campaign import create_dbb
 
 
 def _graph(tmp_path: Path, n_detectors: int) -> PredictedQuantumGraph:

@@ -13,7 +13,7 @@ import pytest
 from conftest import CHAIN3, build_graph, pilot, read_report
 from lsst.daf.butler import Butler, Config
 
-from pilot.demo import create_dbb
+from pilot.demo.campaign import create_dbb
 
 
 def _dbb(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> tuple[Config | None, str | None, str]:

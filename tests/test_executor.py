@@ -12,9 +12,9 @@ from lsst.daf.butler import Butler, DatasetType
 from lsst.pipe.base.all_dimensions_quantum_graph_builder import AllDimensionsQuantumGraphBuilder
 from lsst.pipe.base.pipeline_graph import PipelineGraph
 
-from pilot.demo import create_dbb
+from pilot.demo.campaign import create_dbb
+from pilot.demo.probe_tasks import PayloadConfig, PayloadTask
 from pilot.exit_codes import ExitCode
-from pilot.probe_tasks import PayloadConfig, PayloadTask
 
 CHAIN = (TaskSpec("a", "raw", "x"), TaskSpec("b", "x", "y"), TaskSpec("c", "y", "z"))
 

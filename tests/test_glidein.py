@@ -21,8 +21,8 @@ from conftest import (
 )
 
 from pilot.exit_codes import ExitCode
+from pilot.glidein.client import SchedulerClient
 from pilot.protocol import StatusResponse
-from pilot.scheduler_client import SchedulerClient
 
 STARTUP_SCRIPT = Path(__file__).parent.parent / "containers" / "glidein-startup.sh"
 

@@ -13,9 +13,9 @@ from conftest import TOKEN, Campaign, _free_port, pilot, read_report, serve, wai
 from lsst.pipe.base.quantum_graph import PredictedQuantumGraph
 
 from pilot.exit_codes import ExitCode
+from pilot.glidein.client import LeaseGone, SchedulerAuthError, SchedulerClient
 from pilot.protocol import SCHEMA_DIR, Heartbeat, Release, Report, Slot, json_schemas
-from pilot.scheduler_client import LeaseGone, SchedulerAuthError, SchedulerClient
-from pilot.stage_out import Manifest
+from pilot.staging.stage_out import Manifest
 
 
 def write_bundles(directory: Path, specs: dict[str, dict]) -> dict[str, list[str]]:

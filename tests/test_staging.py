@@ -25,7 +25,7 @@ from conftest import (
 )
 
 from pilot.exit_codes import ExitCode
-from pilot.input_cache import blake2b_of
+from pilot.staging.input_cache import blake2b_of
 
 # Keep lsst.resources' own per-request HTTP retries short, so the pilot's are what the test sees.
 FAST_HTTP = {"LSST_HTTP_BACKOFF_MIN": "0.01", "LSST_HTTP_BACKOFF_MAX": "0.02"}

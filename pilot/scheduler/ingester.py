@@ -1,7 +1,7 @@
 """Background ingest of committed bundles into the DBB, one at a time, in one thread.
 
 One thread with one butler: ingests never race each other for the registry, and
-``pilot.ingest`` (the code behind ``pilot ingest``) skips what is already registered,
+``pilot.central.ingest`` (the code behind ``pilot ingest``) skips what is already registered,
 so each dataset is registered exactly once however often a bundle is submitted.
 """
 
@@ -15,8 +15,8 @@ from collections.abc import Callable
 from lsst.daf.butler import Butler
 from lsst.resources import ResourcePath
 
-from ..dbb_init import open_dbb
-from ..ingest import ingest_bundle_dir
+from ..central.dbb_init import open_dbb
+from ..central.ingest import ingest_bundle_dir
 from .store import QueueStore
 
 _LOG = logging.getLogger(__name__)

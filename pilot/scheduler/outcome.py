@@ -12,7 +12,7 @@ from stagers.base import TransferError
 from stagers.registry import stager_for
 
 from ..report import BundleReport
-from ..stage_out import MANIFEST_NAME, read_manifest
+from ..staging.stage_out import MANIFEST_NAME, read_manifest
 
 _LOG = logging.getLogger(__name__)
 

@@ -28,7 +28,7 @@ def make_remainder(
     elsewhere), DBB, execution and staging settings.  When the parent committed a
     stage-out, the parent joins ``depends_on``: the remainder's quanta then read the
     outputs of the parent's succeeded quanta from its committed zip, as any bundle
-    downstream of a cut chain does (``pilot.upstream_inputs``).
+    downstream of a cut chain does (``pilot.staging.upstream_inputs``).
     """
     keep = set(unfinished)
     quantum_ids = [q for q in parent.quantum_ids if q in keep]

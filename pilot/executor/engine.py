@@ -21,12 +21,12 @@ from lsst.daf.butler import Quantum
 from lsst.daf.butler.datastore.record_data import DatastoreRecordData, SerializedDatastoreRecordData
 from lsst.pipe.base.quantum_graph import PredictedQuantumGraph
 
+from ..errors import BundleError, InterruptedRun
+from ..interruption import StopRequest
+from ..report import QuantumResult
 from .bundle_session import BundleSession, SessionSpec
 from .chaining_butler import IoCounts
 from .dispatch import DepthFirstDispatcher, sticky_groups
-from .errors import BundleError, InterruptedRun
-from .interruption import StopRequest
-from .report import QuantumResult
 from .worker import CloseBundle, Closed, OpenBundle, Opened, QuantumDone, RunQuantum
 from .worker_pool import WorkerDied, WorkerHandle, WorkerPool
 

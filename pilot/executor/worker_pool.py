@@ -20,11 +20,10 @@ from typing import Any
 
 import psutil
 
-from .bundle_model import ExecutionSpec
-from .errors import BundleError
-from .log_setup import console_level
-from .sizes import parse_size
-from .slot import available_cores
+from ..bundle_model import ExecutionSpec
+from ..errors import BundleError
+from ..log_setup import console_level
+from ..slot import available_cores, parse_size
 from .worker import HEAVY_MODULE, Ping, Pong, Shutdown, worker_main
 
 _LOG = logging.getLogger(__name__)

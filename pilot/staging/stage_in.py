@@ -17,11 +17,11 @@ from lsst.resources import ResourcePath
 from stagers.base import TransferError
 from stagers.registry import stager_for
 
-from .errors import StageInError
+from ..errors import StageInError
+from ..report import TransferStats
+from ..workspace import DBBDatastore
 from .input_cache import InputCache, blake2b_of
-from .report import TransferStats
-from .transfer_retry import RetryCounter, RetryPolicy, with_retries
-from .workspace import DBBDatastore
+from .retry import RetryCounter, RetryPolicy, with_retries
 
 _LOG = logging.getLogger(__name__)
 

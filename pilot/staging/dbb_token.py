@@ -6,8 +6,8 @@ import os
 import stat
 from pathlib import Path
 
-from .bundle_model import TokenRef
-from .errors import StageInError
+from ..bundle_model import TokenRef
+from ..errors import StageInError
 
 HTTP_TOKEN_VARIABLE = "LSST_HTTP_AUTH_BEARER_TOKEN"
 """What `lsst.resources` reads (a token, or the path of a file holding one); sent over HTTPS only."""

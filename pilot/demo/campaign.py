@@ -13,11 +13,11 @@ from lsst.pipe.base.tests.mocks import (
     DynamicTestPipelineTaskConfig,
 )
 
-from .bundling import make_bundles
-from .ingest import BundleIngest, ingest_committed
-from .report import now
-from .runner import RunOutcome, run_bundle
-from .worker_pool import WorkerPool
+from ..central.bundling import make_bundles
+from ..central.ingest import BundleIngest, ingest_committed
+from ..executor.worker_pool import WorkerPool
+from ..report import now
+from ..runner import RunOutcome, run_bundle
 
 _LOG = logging.getLogger(__name__)
 

@@ -23,12 +23,11 @@ from lsst.resources import ResourcePath
 from stagers.base import TransferError
 from stagers.registry import stager_for
 
-from .errors import StageInError
-from .local_butler import workspace_butler
-from .report import TransferStats
+from ..errors import StageInError
+from ..report import TransferStats
+from ..workspace import Workspace, workspace_butler
 from .stage_in import InputFile
 from .stage_out import MANIFEST_NAME, read_manifest
-from .workspace import Workspace
 
 _LOG = logging.getLogger(__name__)
 

@@ -13,9 +13,9 @@ import requests
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
-from .errors import BundleError, PilotError
-from .exit_codes import ExitCode
-from .protocol import (
+from ..errors import BundleError, PilotError
+from ..exit_codes import ExitCode
+from ..protocol import (
     ClaimRequest,
     ClaimResponse,
     FinishResponse,
@@ -25,8 +25,8 @@ from .protocol import (
     Report,
     Slot,
     StatusResponse,
+    read_token,
 )
-from .token_file import read_token
 
 _LOG = logging.getLogger(__name__)
 

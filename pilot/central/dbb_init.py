@@ -14,7 +14,7 @@ from lsst.daf.butler import Butler, CollectionType, DatasetRef
 from lsst.daf.butler.datastore.record_data import DatastoreRecordData
 from lsst.pipe.base.quantum_graph import PredictedQuantumGraph, PredictedQuantumGraphComponents
 
-from .errors import DBBError
+from ..errors import DBBError
 
 _LOG = logging.getLogger(__name__)
 

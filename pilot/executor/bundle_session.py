@@ -22,10 +22,10 @@ from lsst.resources import ResourcePath
 from activators.base import ActivatorContext
 from activators.registry import activator_class
 
+from ..errors import InterruptedRun
+from ..qgraph_io import load_bundle_graph
+from ..report import QuantumResult, now
 from .chaining_butler import ChainingButler
-from .errors import InterruptedRun
-from .qgraph_io import load_bundle_graph
-from .report import QuantumResult, now
 
 
 @dataclasses.dataclass(frozen=True)

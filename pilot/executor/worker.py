@@ -15,8 +15,8 @@ import uuid
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
 
-from .log_setup import configure_logging
-from .report import IoCounts, QuantumResult
+from ..log_setup import configure_logging
+from ..report import IoCounts, QuantumResult
 
 if TYPE_CHECKING:
     from .bundle_session import BundleSession, SessionSpec
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 # This module stays light: the pilot imports it before the LSST stack, to start the
 # pool at once.  The forkserver preloads HEAVY_MODULE (the stack, and deafness to
 # SIGTERM) so every worker starts with the stack already imported.
-HEAVY_MODULE = "pilot.forkserver_preload"
+HEAVY_MODULE = "pilot.executor.forkserver_preload"
 
 
 @dataclasses.dataclass(frozen=True)

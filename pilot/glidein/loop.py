@@ -25,17 +25,17 @@ from pathlib import Path
 
 from lsst.resources import ResourcePath
 
-from .bundle_model import Bundle, write_bundle
-from .errors import PilotError
-from .exit_codes import ExitCode
-from .interruption import StopRequest
-from .protocol import Heartbeat, Release, Report
-from .protocol import Slot as SlotMessage
-from .report import BundleReport, QuantumResult
-from .runner import run_bundle
-from .scheduler_client import LeaseGone, SchedulerClient
-from .slot import Slot
-from .worker_pool import WorkerPool
+from ..bundle_model import Bundle, write_bundle
+from ..errors import PilotError
+from ..executor.worker_pool import WorkerPool
+from ..exit_codes import ExitCode
+from ..interruption import StopRequest
+from ..protocol import Heartbeat, Release, Report
+from ..protocol import Slot as SlotMessage
+from ..report import BundleReport, QuantumResult
+from ..runner import run_bundle
+from ..slot import Slot
+from .client import LeaseGone, SchedulerClient
 
 _LOG = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ through it, and the pilot alone decides what a stop means (drain, grace, kill).
 
 import signal
 
-import pilot.bundle_session  # noqa: F401 - the point: import the LSST stack once, before forking
+import pilot.executor.bundle_session  # noqa: F401 - the point: import the LSST stack once, before forking
 
 signal.signal(signal.SIGTERM, signal.SIG_IGN)
 signal.signal(signal.SIGINT, signal.SIG_IGN)

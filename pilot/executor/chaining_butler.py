@@ -30,7 +30,7 @@ from lsst.daf.butler.datastore.record_data import DatastoreRecordData
 from lsst.daf.butler.datastore.stored_file_info import StoredFileInfo
 from lsst.pipe.base import InMemoryDatasetHandle
 
-from .report import IoCounts
+from ..report import IoCounts
 
 _LOG = logging.getLogger(__name__)
 

@@ -18,9 +18,9 @@ from lsst.daf.butler import DatasetRef, Quantum
 from lsst.daf.butler.datastore.record_data import DatastoreRecordData
 from lsst.pipe.base.quantum_graph import PredictedQuantumGraph
 
+from ..report import QuantumResult, environment, now
+from ..workspace import workspace_butler
 from .input_cache import blake2b_of
-from .local_butler import workspace_butler
-from .report import QuantumResult, environment, now
 
 
 class FileProvenance(pydantic.BaseModel):

@@ -32,10 +32,10 @@ from lsst.resources import ResourcePath
 from stagers.base import Stager, TransferError
 from stagers.registry import stager_for
 
-from .errors import StageOutError
-from .local_butler import workspace_butler
-from .report import QuantumResult, StageOutRecord, TransferStats, now
-from .transfer_retry import RetryCounter, RetryPolicy, with_retries
+from ..errors import StageOutError
+from ..report import QuantumResult, StageOutRecord, TransferStats, now
+from ..workspace import workspace_butler
+from .retry import RetryCounter, RetryPolicy, with_retries
 
 _LOG = logging.getLogger(__name__)
 

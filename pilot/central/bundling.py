@@ -9,11 +9,11 @@ from pathlib import Path
 from lsst.daf.butler import ButlerConfig
 from lsst.resources import ResourcePath
 
-from .bundle_model import SCHEMA_VERSION, Bundle, DBBSpec, ExecutionSpec, write_bundle
+from ..bundle_model import SCHEMA_VERSION, Bundle, DBBSpec, ExecutionSpec, write_bundle
+from ..errors import BundleError
+from ..qgraph_io import read_full_graph, write_bundle_graph
 from .chains import find_chains, pack_chains
 from .dbb_init import initialize_output_run, open_dbb
-from .errors import BundleError
-from .qgraph_io import read_full_graph, write_bundle_graph
 
 _LOG = logging.getLogger(__name__)
 

@@ -12,10 +12,10 @@ from lsst.resources import ResourcePath
 from stagers.base import TransferError
 from stagers.registry import stager_for
 
+from ..errors import DBBError
+from ..staging.stage_out import MANIFEST_NAME, Manifest, read_manifest
 from .dbb_init import open_dbb
-from .errors import DBBError
 from .mock_storage import register_mock_storage_classes
-from .stage_out import MANIFEST_NAME, Manifest, read_manifest
 
 _LOG = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""The central side: prepare the DBB for a graph, cut the graph into bundles, ingest what jobs staged."""

@@ -1,0 +1,1 @@
+"""Glidein mode (``pilot start``): the claim–run–report loop and the scheduler client."""
