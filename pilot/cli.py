@@ -137,7 +137,7 @@ def run(
     area = _guarded(lambda: pilot_area(workspace))
     worst = 0
     try:
-        with stop_on_signals(signal.SIGTERM, signal.SIGINT) as stop:
+        with stop_on_signals(signal.SIGTERM, signal.SIGINT, grace=grace) as stop:
             for path in bundle_files:
                 if stop.reason is not None:
                     break
@@ -148,7 +148,6 @@ def run(
                         area,
                         pool=pool,
                         stop=stop,
-                        grace=grace,
                         resume=resume,
                         site=slot.site,
                     )
@@ -328,7 +327,7 @@ def start(
     from .slot import detect_slot
     from .workspace import pilot_area
 
-    with stop_on_signals(*DRAIN_SIGNALS) as stop:
+    with stop_on_signals(*DRAIN_SIGNALS, grace=grace) as stop:
         slot = _guarded(lambda: detect_slot(lifetime))
         client = _guarded(lambda: SchedulerClient(scheduler_url, token_from(token_file)))
         workers = processes if processes is not None else slot.cores

@@ -1,14 +1,20 @@
-"""Turn SIGTERM/SIGINT into an orderly stop that never corrupts the pilot's bookkeeping.
+"""Turn SIGTERM/SIGINT (or a request from code) into an orderly stop with a grace period.
 
-A signal that arrives while a task runs abandons that quantum (`InterruptedRun` is
-raised inside it); one that arrives between quanta only stops the loop before the
-next one.  Either way finished quanta keep their results and are staged out.
+A stop ends dispatching at once; quanta already running get ``grace`` seconds to
+finish, and what finishes is staged like any other result.  After the grace period
+the engine kills busy worker processes; a quantum running in the pilot's own
+process (``--processes 0``) is abandoned by `InterruptedRun`, raised into it from a
+``SIGALRM`` timer, since nothing else can stop a task in the middle of its Python
+code.  Either way the quanta cut short are ``not_run`` and finished ones keep
+their results.
 """
 
 from __future__ import annotations
 
 import contextlib
 import signal
+import threading
+import time
 from collections.abc import Iterator
 from types import FrameType
 
@@ -16,44 +22,77 @@ from .errors import InterruptedRun
 
 
 class StopRequest:
-    """Records a stop request; raises into a running task only while one is running."""
+    """Whether, why and until when running work may go on after a stop was asked.
 
-    def __init__(self) -> None:
+    Parameters
+    ----------
+    grace : `float`
+        Seconds running quanta get to finish once a stop is requested.
+    """
+
+    def __init__(self, grace: float = 60.0) -> None:
+        self.grace = grace
         self.reason: str | None = None
-        self._task_running = False
+        self.deadline: float | None = None
+        """`time.monotonic` time after which running quanta are cut short."""
+        self._in_process_task = False
 
     def request(self, reason: str) -> None:
-        """Ask for a stop from code (another thread, say): dispatching ends, running quanta get grace."""
-        if self.reason is None:
-            self.reason = reason
-
-    def clear(self) -> None:
-        """Forget a request made with `request` (the next bundle runs normally)."""
-        self.reason = None
+        """Ask for a stop (from a signal handler or another thread); the first reason wins."""
+        if self.reason is not None:
+            return
+        self.reason = reason
+        self.deadline = time.monotonic() + self.grace
+        if self._in_process_task:
+            self._arm_timer()
 
     def handle(self, signum: int, frame: FrameType | None) -> None:
-        """Signal handler."""
-        self.reason = f"received {signal.Signals(signum).name}"
-        if self._task_running:
-            self._task_running = False
-            raise InterruptedRun(self.reason)
+        """Signal handler: a stop request naming the signal."""
+        self.request(f"received {signal.Signals(signum).name}")
+
+    def clear(self) -> None:
+        """Forget the request (the next bundle runs normally)."""
+        self.reason = None
+        self.deadline = None
 
     @contextlib.contextmanager
-    def task_running(self) -> Iterator[None]:
-        """Mark the span in which a signal should abandon the running task."""
-        if self.reason is not None:
-            raise InterruptedRun(self.reason)
-        self._task_running = True
+    def grace_limited(self) -> Iterator[None]:
+        """Run a task in this process so that a stop lets it finish within the grace period only.
+
+        Only the main thread can take a signal; elsewhere the task simply runs to its end.
+        """
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = signal.signal(signal.SIGALRM, self._grace_expired)
+        self._in_process_task = True
+        if self.deadline is not None:
+            self._arm_timer()
         try:
             yield
         finally:
-            self._task_running = False
+            self._in_process_task = False
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
+
+    def _arm_timer(self) -> None:
+        assert self.deadline is not None
+        # setitimer works from any thread; the kernel delivers SIGALRM to the process and
+        # Python runs the handler in the main thread, where the task is.
+        signal.setitimer(signal.ITIMER_REAL, max(0.001, self.deadline - time.monotonic()))
+
+    def _grace_expired(self, signum: int, frame: FrameType | None) -> None:
+        if self._in_process_task:
+            self._in_process_task = False
+            raise InterruptedRun(
+                f"interrupted: {self.reason}; abandoned after the {self.grace:.0f} s grace period"
+            )
 
 
 @contextlib.contextmanager
-def stop_on_signals(*signums: int) -> Iterator[StopRequest]:
+def stop_on_signals(*signums: int, grace: float = 60.0) -> Iterator[StopRequest]:
     """Install a `StopRequest` handler for ``signums`` for the duration of the block."""
-    stop = StopRequest()
+    stop = StopRequest(grace)
     previous = {signum: signal.signal(signum, stop.handle) for signum in signums}
     try:
         yield stop

@@ -1,14 +1,22 @@
-"""``pilot run``: one bundle from file to staged outputs and ``report.json``."""
+"""``pilot run``: one bundle from file to staged outputs and ``report.json``, as a recipe of named steps.
+
+`run_bundle` reads top to bottom as the data flow of DESIGN.md: prepare (load,
+validate, workspace), stage in, plan (depth-first order, what the journal says is
+done), execute, stage out, report.  Each step returns what the next needs; the
+report is assembled in one place (`_assemble_report`) from what the steps returned.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import logging
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
+from lsst.daf.butler import DatasetRef, Quantum
 from lsst.pipe.base.quantum_graph import PredictedQuantumGraph
 from lsst.resources import ResourcePath
 
@@ -17,22 +25,22 @@ from activators.registry import activator_class
 from .bundle_model import Bundle, load_bundle
 from .errors import BundleError, PilotError
 from .executor.bundle_session import SessionSpec
-from .executor.chaining_butler import IoCounts
 from .executor.engine import ExecutionOutcome, consumers_of, execute_bundle, execution_order
-from .executor.worker_pool import WorkerPool
+from .executor.in_process import InProcessPool
+from .executor.worker import Pool
 from .exit_codes import ExitCode
 from .interruption import StopRequest
 from .journal import JOURNAL_NAME, Journal, quanta_to_skip
 from .qgraph_io import load_bundle_graph
-from .report import BundleReport, QuantumResult, count_statuses, environment, now
+from .report import BundleReport, IoCounts, QuantumResult, StageOutRecord, count_statuses, environment, now
 from .staging.dbb_token import apply_token
 from .staging.input_cache import InputCache
 from .staging.provenance import build_provenance, output_files
 from .staging.retry import RetryPolicy
-from .staging.stage_in import input_files, stage_in
+from .staging.stage_in import InputFile, StagedInputs, input_files, stage_in
 from .staging.stage_out import produced_refs, stage_out
 from .staging.upstream_inputs import fetch_upstream, upstream_refs
-from .workspace import Workspace, input_cache_root, pilot_area, read_dbb_datastore
+from .workspace import DBBDatastore, Workspace, input_cache_root, pilot_area, read_dbb_datastore
 
 _LOG = logging.getLogger(__name__)
 
@@ -53,9 +61,8 @@ def run_bundle(
     bundle_path: str | Path,
     area: Path | None = None,
     *,
-    pool: WorkerPool | None = None,
+    pool: Pool[Any] | None = None,
     stop: StopRequest | None = None,
-    grace: float = 60.0,
     resume: bool = False,
     site: str | None = None,
     on_quantum: Callable[[QuantumResult], None] | None = None,
@@ -66,7 +73,8 @@ def run_bundle(
     input cache, shared by every bundle the pilot runs there.  ``pool`` is the
     pilot's warm worker pool; without one the quanta run in this process.  Quanta
     the workspace's journal shows succeeded are not run again; ``resume`` demands
-    such a journal (resuming after a failed stage-out, say).  ``on_quantum`` sees each
+    such a journal (resuming after a failed stage-out, say).  ``stop`` ends the run
+    early, with its grace period for running quanta.  ``on_quantum`` sees each
     quantum's result as it finishes (progress for heartbeats).
 
     Raises
@@ -76,8 +84,50 @@ def run_bundle(
         execution started (failed quanta, stage-out) are reported in ``report.json``
         and by the outcome's exit code instead, so finished work is never lost.
     """
-    started = now()
-    wall0 = time.perf_counter()
+    clock = _Clock()
+    stop = stop if stop is not None else StopRequest()
+    job = _prepare(bundle_path, area, resume)
+    clock.mark("load")
+    inputs = _stage_in(job)
+    clock.mark("stage_in")
+    plan = _plan(job, inputs)
+    pool = pool if pool is not None else InProcessPool(stop)
+    if plan.to_run:
+        pool.wait_ready()
+    clock.mark("pool_wait")
+    execution = _execute(job, plan, inputs, pool, stop, on_quantum)
+    clock.mark("execute")
+    results, staged_refs = _final_results(job, plan, execution)
+    processes = 0 if isinstance(pool, InProcessPool) else pool.size
+    facts = _Facts(job, plan, inputs, execution, results, processes)
+    stage_out_record, error = _stage_out(facts, staged_refs, site, clock)
+    clock.mark("stage_out")
+    report = _assemble_report(facts, clock, stage_out_record, error)
+    _write_report(report, job.workspace.report_path)
+    return RunOutcome(report, job.workspace.report_path)
+
+
+# -- the steps -------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class _Job:
+    """A validated bundle, its graph and its workspace, ready to stage in."""
+
+    bundle: Bundle
+    qgraph_uri: ResourcePath
+    qg: PredictedQuantumGraph
+    quanta: dict[uuid.UUID, Quantum]
+    workspace: Workspace
+    journal: Journal
+    dbb: DBBDatastore
+    local_repo: ResourcePath
+    area: Path
+    retry: RetryPolicy
+
+
+def _prepare(bundle_path: str | Path, area: Path | None, resume: bool) -> _Job:
+    """Load and check the bundle and its graph; set up the workspace and the DBB token."""
     bundle_uri = ResourcePath(str(bundle_path), forceAbsolute=True)
     bundle = load_bundle(bundle_uri)
     qgraph_uri = bundle.qgraph_uri(bundle_uri)
@@ -92,156 +142,261 @@ def run_bundle(
         )
     apply_token(bundle.dbb.token)
     dbb = read_dbb_datastore(bundle.dbb.repo)
-    local_repo = workspace.write_local_repo_config(dbb)
-    loaded = time.perf_counter()
-    quanta = qg.build_execution_quanta(bundle.quantum_ids)
-    recorded = input_files(quanta, dbb.name)
-    retry = RetryPolicy(bundle.staging.retry_attempts, bundle.staging.retry_backoff_seconds)
-    staged_inputs = stage_in(
+    return _Job(
+        bundle=bundle,
+        qgraph_uri=qgraph_uri,
+        qg=qg,
+        quanta=qg.build_execution_quanta(bundle.quantum_ids),
+        workspace=workspace,
+        journal=journal,
+        dbb=dbb,
+        local_repo=workspace.write_local_repo_config(dbb),
+        area=area,
+        retry=RetryPolicy(bundle.staging.retry_attempts, bundle.staging.retry_backoff_seconds),
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class _Inputs:
+    """What stage-in fetched, and the upstream inputs that could not be had."""
+
+    recorded: list[InputFile]
+    staged: StagedInputs
+    missing_upstream: set[uuid.UUID]
+
+
+def _stage_in(job: _Job) -> _Inputs:
+    """Fetch the bundle's inputs through the input cache, and upstream bundles' outputs."""
+    bundle = job.bundle
+    recorded = input_files(job.quanta, job.dbb.name)
+    staged = stage_in(
         recorded,
-        dbb,
-        workspace.repo,
-        InputCache(input_cache_root(area), dbb.root),
+        job.dbb,
+        job.workspace.repo,
+        InputCache(input_cache_root(job.area), job.dbb.root),
         verify=bundle.staging.verify_checksums,
         parallel=bundle.staging.parallel_transfers,
-        retry=retry,
+        retry=job.retry,
     )
-    stage_in_stats = staged_inputs.stats
-    missing_upstream = fetch_upstream(
-        upstream_refs(quanta, bundle.dbb.output_run, recorded),
+    missing = fetch_upstream(
+        upstream_refs(job.quanta, bundle.dbb.output_run, recorded),
         bundle.depends_on,
         bundle.dbb.staging_uri(),
-        workspace,
-        qg,
-        stage_in_stats,
+        job.workspace,
+        job.qg,
+        staged.stats,
     )
-    staged_in = time.perf_counter()
-    order = execution_order(qg, bundle.quantum_ids)
-    journaled = journal.succeeded()
-    skipped = quanta_to_skip(qg, order, journaled, bundle.execution.transient_dataset_types)
+    return _Inputs(recorded, staged, missing)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Plan:
+    """Depth-first order, what the journal shows done, and what is left to run."""
+
+    order: list[uuid.UUID]
+    journaled: dict[uuid.UUID, QuantumResult]
+    skipped: set[uuid.UUID]
+    to_run: list[uuid.UUID]
+
+
+def _plan(job: _Job, inputs: _Inputs) -> _Plan:
+    """Order the quanta depth-first and leave out those an earlier run here finished."""
+    order = execution_order(job.qg, job.bundle.quantum_ids)
+    journaled = job.journal.succeeded()
+    skipped = quanta_to_skip(job.qg, order, journaled, job.bundle.execution.transient_dataset_types)
     to_run = [q for q in order if q not in skipped]
     if skipped:
         _LOG.warning(
             "Bundle %s: %d quanta succeeded in an earlier run here; running the other %d.",
-            bundle.bundle_id,
+            job.bundle.bundle_id,
             len(skipped),
             len(to_run),
         )
-    if pool is not None and to_run:
-        pool.wait_ready()
-    pool_ready = time.perf_counter()
+    return _Plan(order, journaled, skipped, to_run)
+
+
+def _execute(
+    job: _Job,
+    plan: _Plan,
+    inputs: _Inputs,
+    pool: Pool[Any],
+    stop: StopRequest,
+    on_quantum: Callable[[QuantumResult], None] | None,
+) -> ExecutionOutcome:
+    """Run what is left on the pool, journaling each quantum as it finishes."""
+    if not plan.to_run:
+        return ExecutionOutcome([], IoCounts(), {})
+    execution = job.bundle.execution
     spec = SessionSpec(
-        key=bundle.bundle_id,
-        qgraph_uri=str(qgraph_uri),
-        quantum_ids=tuple(bundle.quantum_ids),
-        local_repo=str(local_repo),
-        activator=bundle.execution.activator,
-        raise_on_partial_outputs=bundle.execution.raise_on_partial_outputs,
-        transient=tuple(bundle.execution.transient_dataset_types),
-        fresh_workspace=workspace.fresh,
+        key=job.bundle.bundle_id,
+        qgraph_uri=str(job.qgraph_uri),
+        quantum_ids=tuple(job.bundle.quantum_ids),
+        local_repo=str(job.local_repo),
+        activator=execution.activator,
+        raise_on_partial_outputs=execution.raise_on_partial_outputs,
+        transient=tuple(execution.transient_dataset_types),
+        fresh_workspace=job.workspace.fresh,
     )
-    execution = (
-        execute_bundle(
-            qg,
-            spec,
-            to_run,
-            pool=pool,
-            fail_fast=bundle.execution.fail_fast,
-            unavailable=consumers_of(quanta, missing_upstream),
-            stop=stop,
-            grace=grace,
-            on_finished=_both(journal.record, on_quantum),
-        )
-        if to_run
-        else ExecutionOutcome([], IoCounts(), {})
+    return execute_bundle(
+        job.qg,
+        spec,
+        plan.to_run,
+        pool=pool,
+        fail_fast=execution.fail_fast,
+        unavailable=consumers_of(job.quanta, inputs.missing_upstream),
+        stop=stop,
+        on_finished=_both(job.journal.record, on_quantum),
     )
-    executed = time.perf_counter()
+
+
+def _final_results(
+    job: _Job, plan: _Plan, execution: ExecutionOutcome
+) -> tuple[list[QuantumResult], list[DatasetRef]]:
+    """Every quantum's result in planned order (journaled ones marked resumed), with its staged outputs."""
     ran = {result.quantum_id: result for result in execution.results}
-    for quantum_id in skipped:
-        ran[quantum_id] = journaled[quantum_id].model_copy(update={"resumed": True})
-    results = [ran[quantum_id] for quantum_id in order]
-    refs = produced_refs(qg, quanta, results, str(local_repo), execution.records)
+    for quantum_id in plan.skipped:
+        ran[quantum_id] = plan.journaled[quantum_id].model_copy(update={"resumed": True})
+    results = [ran[quantum_id] for quantum_id in plan.order]
+    refs = produced_refs(job.qg, job.quanta, results, str(job.local_repo), execution.records)
     staged = {ref.id for ref in refs}
-    for result in results:
-        result.output_dataset_ids = [
-            ref.id
-            for refs_ in quanta[result.quantum_id].outputs.values()
-            for ref in refs_
-            if ref.id in staged
-        ]
+    with_outputs = [
+        result.model_copy(
+            update={
+                "output_dataset_ids": [
+                    ref.id
+                    for refs_ in job.quanta[result.quantum_id].outputs.values()
+                    for ref in refs_
+                    if ref.id in staged
+                ]
+            }
+        )
+        for result in results
+    ]
+    return with_outputs, refs
+
+
+@dataclasses.dataclass(frozen=True)
+class _Facts:
+    """Everything the report says, as the steps left it."""
+
+    job: _Job
+    plan: _Plan
+    inputs: _Inputs
+    execution: ExecutionOutcome
+    results: list[QuantumResult]
+    processes: int
+
+
+def _stage_out(
+    facts: _Facts, refs: list[DatasetRef], site: str | None, clock: _Clock
+) -> tuple[StageOutRecord | None, PilotError | None]:
+    """Commit outputs, the report and provenance to the staging area; an error is returned, not raised."""
+    job, inputs = facts.job, facts.inputs
+    bundle = job.bundle
+    if not bundle.staging.stage_out:
+        return None, None
+    try:
+        provenance = build_provenance(
+            bundle_id=bundle.bundle_id,
+            output_run=bundle.dbb.output_run,
+            source_qgraph=bundle.source_qgraph,
+            site=site,
+            quanta=job.quanta,
+            results=facts.results,
+            input_checksums={
+                item.ref.id: (item.size, inputs.staged.checksums.get(item.relative_path))
+                for item in inputs.recorded
+            },
+            outputs=output_files(job.qg, str(job.local_repo), refs, facts.execution.records),
+        )
+        staged_report = _assemble_report(facts, clock, None, None)
+        return stage_out(
+            qg=job.qg,
+            refs=refs,
+            bundle_id=bundle.bundle_id,
+            output_run=bundle.dbb.output_run,
+            local_repo=str(job.local_repo),
+            work_dir=job.workspace.stage_out_dir,
+            report_json=staged_report.model_dump_json(indent=2).encode(),
+            provenance_json=provenance.model_dump_json(indent=2).encode(),
+            staging_root=bundle.dbb.staging_uri(),
+            records=facts.execution.records,
+            retry=job.retry,
+        ), None
+    except PilotError as err:
+        return None, err
+
+
+def _assemble_report(
+    facts: _Facts, clock: _Clock, stage_out_record: StageOutRecord | None, error: PilotError | None
+) -> BundleReport:
+    """The bundle report, from the steps' results; the one place it is built."""
+    job, results = facts.job, facts.results
     counts, tasks = count_statuses(results)
-    status: Literal["succeeded", "partial", "failed", "interrupted"]
-    if any((r.caveat or "").startswith("interrupted") for r in results):
-        status, code = "interrupted", ExitCode.INTERRUPTED
-    elif counts["succeeded"] == len(results):
-        status, code = "succeeded", ExitCode.SUCCESS
-    else:
-        status = "failed" if counts["succeeded"] == 0 else "partial"
-        code = ExitCode.QUANTA_FAILED
-    report = BundleReport(
-        bundle_id=bundle.bundle_id,
-        output_run=bundle.dbb.output_run,
+    status, code = _verdict(results, counts)
+    return BundleReport(
+        bundle_id=job.bundle.bundle_id,
+        output_run=job.bundle.dbb.output_run,
         status=status,
-        exit_code=int(code),
+        exit_code=int(error.exit_code if error is not None else code),
+        message=None if error is None else str(error),
         counts=counts,
         tasks=tasks,
-        started_at=started,
+        started_at=clock.started_at,
         ended_at=now(),
-        wall_seconds=time.perf_counter() - wall0,
-        workspace=str(workspace.root),
-        processes=pool.size if pool is not None else 0,
-        workers_replaced=execution.workers_replaced,
-        resumed_quanta=len(skipped),
-        stage_in=stage_in_stats,
-        io=dataclasses.asdict(execution.io),
+        wall_seconds=clock.elapsed(),
+        workspace=str(job.workspace.root),
+        processes=facts.processes,
+        workers_replaced=facts.execution.workers_replaced,
+        resumed_quanta=len(facts.plan.skipped),
+        stage_in=facts.inputs.staged.stats,
+        io=dataclasses.asdict(facts.execution.io),
         quanta=results,
+        timings=clock.timings(),
+        stage_out=stage_out_record,
         **environment(),  # type: ignore[arg-type]
     )
-    if bundle.staging.stage_out:
-        try:
-            provenance = build_provenance(
-                bundle_id=bundle.bundle_id,
-                output_run=bundle.dbb.output_run,
-                source_qgraph=bundle.source_qgraph,
-                site=site,
-                quanta=quanta,
-                results=results,
-                input_checksums={
-                    item.ref.id: (item.size, staged_inputs.checksums.get(item.relative_path))
-                    for item in recorded
-                },
-                outputs=output_files(qg, str(local_repo), refs, execution.records),
-            )
-            report.stage_out = stage_out(
-                qg=qg,
-                refs=refs,
-                bundle_id=bundle.bundle_id,
-                output_run=bundle.dbb.output_run,
-                local_repo=str(local_repo),
-                work_dir=workspace.stage_out_dir,
-                report_json=report.model_dump_json(indent=2).encode(),
-                provenance_json=provenance.model_dump_json(indent=2).encode(),
-                staging_root=bundle.dbb.staging_uri(),
-                records=execution.records,
-                retry=retry,
-            )
-        except PilotError as err:
-            report.exit_code = int(err.exit_code)
-            report.message = str(err)
-    done = time.perf_counter()
-    report.timings = {
-        "load": loaded - wall0,
-        "stage_in": staged_in - loaded,
-        "pool_wait": pool_ready - staged_in,
-        "execute": executed - pool_ready,
-        "stage_out": done - executed,
-        # From bundle loaded to report written, not counting any wait for the pool to warm up.
-        "bundle_seconds": done - loaded - (pool_ready - staged_in),
-    }
-    report.ended_at = now()
-    report.wall_seconds = done - wall0
-    _write_report(report, workspace.report_path)
-    return RunOutcome(report, workspace.report_path)
+
+
+# -- helpers of the steps --------------------------------------------------------------------------
+
+
+_Status = Literal["succeeded", "partial", "failed", "interrupted"]
+
+
+def _verdict(results: list[QuantumResult], counts: dict[str, int]) -> tuple[_Status, ExitCode]:
+    """The bundle's status and exit code from its quanta's."""
+    if any((r.caveat or "").startswith("interrupted") for r in results):
+        return "interrupted", ExitCode.INTERRUPTED
+    if counts["succeeded"] == len(results):
+        return "succeeded", ExitCode.SUCCESS
+    return ("failed" if counts["succeeded"] == 0 else "partial"), ExitCode.QUANTA_FAILED
+
+
+class _Clock:
+    """Phase timings of one bundle, marked as the steps end."""
+
+    def __init__(self) -> None:
+        self.started_at = now()
+        self._start = time.perf_counter()
+        self._marks: dict[str, float] = {}
+
+    def mark(self, phase: str) -> None:
+        self._marks[phase] = time.perf_counter()
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self._start
+
+    def timings(self) -> dict[str, float]:
+        """Seconds per phase; ``bundle_seconds``: bundle loaded to last phase, less the pool wait."""
+        out: dict[str, float] = {}
+        previous = self._start
+        for phase, at in self._marks.items():
+            out[phase] = at - previous
+            previous = at
+        if "load" in self._marks:
+            out["bundle_seconds"] = previous - self._marks["load"] - out.get("pool_wait", 0.0)
+        return out
 
 
 def _both(

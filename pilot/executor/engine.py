@@ -1,11 +1,12 @@
-"""Execute a bundle's quanta: depth-first, chain after chain, on warm workers.
+"""The one execution engine: a bundle's quanta, depth-first, chain after chain, on a pool of workers.
 
-With a `WorkerPool`, each worker opens the bundle once and runs whole chains, the
-next link of a chain going to the worker that holds its inputs in memory.  A task
+Each worker opens the bundle once and runs whole chains, the next link of a chain
+going to the worker that holds its inputs in memory (`dispatch` decides).  A task
 that raises fails its quantum; a worker that dies (signal, segfault, memory limit)
 fails only the quantum it was running and is replaced.  Either way the quantum's
-descendants are ``blocked`` and everything else runs.  Without a pool
-(``--processes 0``) the same session runs in the pilot's own process.
+descendants are ``blocked`` and everything else runs.  The pool is a `WorkerPool`
+of warm processes or, with ``--processes 0``, an `InProcessPool` (the pilot's own
+process): one loop, the same blocking, fail-fast, stop and grace in both.
 """
 
 from __future__ import annotations
@@ -15,20 +16,20 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 import networkx
 from lsst.daf.butler import Quantum
 from lsst.daf.butler.datastore.record_data import DatastoreRecordData, SerializedDatastoreRecordData
 from lsst.pipe.base.quantum_graph import PredictedQuantumGraph
 
-from ..errors import BundleError, InterruptedRun
+from ..errors import BundleError
 from ..interruption import StopRequest
 from ..report import QuantumResult
-from .bundle_session import BundleSession, SessionSpec
+from .bundle_session import SessionSpec
 from .chaining_butler import IoCounts
 from .dispatch import DepthFirstDispatcher, sticky_groups
-from .worker import CloseBundle, Closed, OpenBundle, Opened, QuantumDone, RunQuantum
-from .worker_pool import WorkerDied, WorkerHandle, WorkerPool
+from .worker import CloseBundle, Closed, OpenBundle, Opened, Pool, QuantumDone, RunQuantum, Worker, WorkerDied
 
 _LOG = logging.getLogger(__name__)
 
@@ -116,88 +117,46 @@ def execute_bundle(
     spec: SessionSpec,
     order: list[uuid.UUID],
     *,
-    pool: WorkerPool | None,
+    pool: Pool[Any],
     fail_fast: bool = False,
     unavailable: Mapping[uuid.UUID, str] | None = None,
     stop: StopRequest | None = None,
-    grace: float = 60.0,
     on_finished: Callable[[QuantumResult], None] | None = None,
 ) -> ExecutionOutcome:
-    """Run ``order`` and return one result per quantum, in that order.
+    """Run ``order`` on ``pool`` and return one result per quantum, in that order.
 
     ``on_finished`` is called in this process with each quantum's result as it
     finishes (the journal).
 
     ``unavailable`` quanta (an input another bundle failed to produce) are blocked
     with the given reason, with their descendants.  A ``stop`` request ends
-    dispatching: running quanta get ``grace`` seconds (in-process: none) and are
-    then abandoned; they and the undispatched quanta are ``not_run``.
+    dispatching: running quanta get the stop's grace period and are then cut short;
+    they and the undispatched quanta are ``not_run``.
     """
-    stop = stop if stop is not None else StopRequest()
-    finished = on_finished or (lambda result: None)
-    if pool is None:
-        return _execute_in_process(qg, spec, order, fail_fast, unavailable or {}, stop, finished)
-    return _PoolExecution(qg, spec, order, pool, fail_fast, unavailable or {}, stop, grace, finished).run()
+    return _BundleExecution(
+        qg,
+        spec,
+        order,
+        pool,
+        fail_fast,
+        unavailable or {},
+        stop if stop is not None else StopRequest(),
+        on_finished or (lambda result: None),
+    ).run()
 
 
-def _execute_in_process(
-    qg: PredictedQuantumGraph,
-    spec: SessionSpec,
-    order: list[uuid.UUID],
-    fail_fast: bool,
-    unavailable: Mapping[uuid.UUID, str],
-    stop: StopRequest,
-    on_finished: Callable[[QuantumResult], None],
-) -> ExecutionOutcome:
-    session = BundleSession(spec, qg)
-    ledger = _Ledger(qg, order)
-    xgraph = qg.quantum_only_xgraph
-    stop_reason: str | None = None
-    try:
-        for quantum_id in order:
-            result = ledger.results[quantum_id]
-            if stop_reason is None and stop.reason is not None:
-                stop_reason = f"interrupted: {stop.reason}"
-            if stop_reason is not None:
-                ledger.mark_not_run([quantum_id], stop_reason)
-                continue
-            if result.status == "blocked":
-                continue
-            if quantum_id in unavailable:
-                ledger.unavailable(quantum_id, unavailable[quantum_id])
-                ledger.block(networkx.descendants(xgraph, quantum_id), quantum_id)
-                continue
-            try:
-                with stop.task_running():
-                    ledger.results[quantum_id] = result = session.run(quantum_id)
-            except InterruptedRun as err:
-                stop_reason = f"interrupted: {err}"
-                ledger.mark_not_run([quantum_id], stop_reason)
-                continue
-            on_finished(result)
-            if result.status == "failed":
-                ledger.block(networkx.descendants(xgraph, quantum_id), quantum_id)
-                if fail_fast:
-                    stop_reason = f"fail-fast after {result.task_label} {result.data_id} failed"
-        records = session.butler.persisted_records()
-        return ExecutionOutcome(ledger.ordered(), session.butler.io, records)
-    finally:
-        session.close()
-
-
-class _PoolExecution:
-    """The event loop that feeds a `WorkerPool` one bundle depth-first."""
+class _BundleExecution[W: Worker]:
+    """The event loop that feeds a pool one bundle depth-first."""
 
     def __init__(
         self,
         qg: PredictedQuantumGraph,
         spec: SessionSpec,
         order: list[uuid.UUID],
-        pool: WorkerPool,
+        pool: Pool[W],
         fail_fast: bool,
         unavailable: Mapping[uuid.UUID, str],
         stop: StopRequest,
-        grace: float,
         on_finished: Callable[[QuantumResult], None],
     ) -> None:
         self.qg = qg
@@ -206,7 +165,7 @@ class _PoolExecution:
         self.pool = pool
         self.fail_fast = fail_fast
         self.stop = stop
-        self.grace = grace
+        self.killed_busy = False
         self.ledger = _Ledger(qg, order)
         self.xgraph = qg.quantum_only_xgraph.subgraph(order)
         transient_edges = self._transient_edges(order)
@@ -220,7 +179,6 @@ class _PoolExecution:
         self.pending_evictions: dict[int, set[uuid.UUID]] = {}
         self.remaining_consumers = self._count_consumers(order)
         self.stop_reason: str | None = None
-        self.stop_deadline: float | None = None
         for quantum_id, reason in unavailable.items():
             self.ledger.unavailable(quantum_id, reason)
             self.ledger.block(self.dispatcher.failed(quantum_id), quantum_id)
@@ -269,23 +227,23 @@ class _PoolExecution:
         records = DatastoreRecordData.merge_mappings(*self.records) if self.records else {}
         return ExecutionOutcome(self.ledger.ordered(), self.io, records, self.pool.replaced)
 
-    def _open(self, worker: WorkerHandle) -> None:
+    def _open(self, worker: W) -> None:
         if not self.pool.send(worker, OpenBundle(self.spec)):
             _LOG.warning("Worker %d is gone before opening bundle %s.", worker.index, self.spec.key)
 
     def _check_stop(self) -> None:
         if self.stop.reason is not None and self.stop_reason is None:
             self.stop_reason = f"interrupted: {self.stop.reason}"
-            self.stop_deadline = time.monotonic() + self.grace
             _LOG.warning(
                 "Stopping bundle %s (%s); %.0f s grace for running quanta.",
                 self.spec.key,
                 self.stop.reason,
-                self.grace,
+                self.stop.grace,
             )
-        if self.stop_deadline is not None and time.monotonic() > self.stop_deadline:
-            self.pool.kill_busy(f"{self.stop_reason}; killed after the {self.grace:.0f} s grace period")
-            self.stop_deadline = None
+        deadline = self.stop.deadline
+        if deadline is not None and not self.killed_busy and time.monotonic() > deadline:
+            self.pool.kill_busy(f"{self.stop_reason}; killed after the {self.stop.grace:.0f} s grace period")
+            self.killed_busy = True
 
     def _dispatch(self) -> None:
         if self.stop_reason is not None:
@@ -302,7 +260,7 @@ class _PoolExecution:
             if not self.pool.send(worker, RunQuantum(self.spec.key, quantum_id, evict)):
                 _LOG.warning("Worker %d is gone; its death will be handled.", worker.index)
 
-    def _handle(self, worker: WorkerHandle, event: object) -> None:
+    def _handle(self, worker: W, event: object) -> None:
         match event:
             case Opened(key, error) if key == self.spec.key:
                 if error is not None:
@@ -347,8 +305,9 @@ class _PoolExecution:
             if self.remaining_consumers[dataset_id] <= 0 and dataset_id in self.holder:
                 self.pending_evictions.setdefault(self.holder.pop(dataset_id), set()).add(dataset_id)
 
-    def _worker_died(self, worker: WorkerHandle, died: WorkerDied) -> None:
+    def _worker_died(self, worker: W, died: WorkerDied) -> None:
         _LOG.warning("Worker %d died: %s", worker.index, died.reason)
+        self._check_stop()  # a stop that came during `events` (in-process) is this death's cause
         running = worker.busy
         worker.busy = None
         self.opened.discard(worker.index)

@@ -1,4 +1,4 @@
-"""The warm worker process: opens bundles and runs the quanta the pilot sends it.
+"""The warm worker: the messages it takes, the sessions it holds, and its process's main loop.
 
 Started once per pilot from a forkserver that has already imported the LSST stack,
 so a worker (or its replacement after a crash) starts in milliseconds and keeps
@@ -12,8 +12,9 @@ import os
 import signal
 import traceback
 import uuid
+from collections.abc import Sequence
 from multiprocessing.connection import Connection
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from ..log_setup import configure_logging
 from ..report import IoCounts, QuantumResult
@@ -80,43 +81,109 @@ class Closed:
     """Serialized `DatastoreRecordData` by datastore name."""
 
 
+@dataclasses.dataclass(frozen=True)
+class WorkerDied:
+    """A worker process ended while the pilot still needed it."""
+
+    reason: str
+    memory: bool = False
+
+
+
+class Worker(Protocol):
+    """What the engine sees of a worker: its index and the quantum it runs."""
+
+    index: int
+    busy: tuple[str, uuid.UUID] | None
+
+
+W = TypeVar("W", bound=Worker)
+
+
+class Pool(Protocol[W]):
+    """What the engine needs of a pool of workers (`WorkerPool`, `InProcessPool`)."""
+
+    size: int
+    replaced: int
+
+    @property
+    def workers(self) -> Sequence[W]: ...
+
+    def wait_ready(self, timeout: float = 300.0) -> None: ...
+
+    def send(self, worker: W, message: object) -> bool: ...
+
+    def events(self, timeout: float) -> list[tuple[W, object]]: ...
+
+    def replace(self, worker: W) -> W: ...
+
+    def kill_busy(self, reason: str) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class SessionHost:
+    """The bundle sessions one worker holds, and its answer to each of the pilot's requests.
+
+    The same host serves a worker process (`worker_main`) and the pilot's own
+    process (`pilot.executor.in_process.InProcessPool`), so both modes run quanta
+    the same way.
+    """
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.sessions: dict[str, BundleSession] = {}
+
+    def answer(self, message: object) -> object | None:
+        """Carry out one request and return the reply to send (`None`: no reply)."""
+        match message:
+            case OpenBundle(spec):
+                from .bundle_session import BundleSession
+
+                try:
+                    self.sessions[spec.key] = BundleSession(spec)
+                    return Opened(spec.key)
+                except Exception as err:
+                    return Opened(spec.key, f"{type(err).__name__}: {err}\n{traceback.format_exc()}")
+            case RunQuantum(key, quantum_id, evict):
+                session = self.sessions[key]
+                session.butler.evict(evict)
+                result = session.run(quantum_id, worker=self.index)
+                return QuantumDone(key, result, tuple(session.butler.held()))
+            case CloseBundle(key):
+                closing = self.sessions.pop(key, None)
+                if closing is None:
+                    return Closed(key, IoCounts(), {})
+                records = {k: v.to_simple() for k, v in closing.butler.persisted_records().items()}
+                io = closing.butler.io
+                closing.close()
+                return Closed(key, io, records)
+            case Ping():
+                return Pong(os.getpid())
+        return None
+
+    def close(self) -> None:
+        """Close every open session."""
+        for session in self.sessions.values():
+            session.close()
+        self.sessions.clear()
+
+
 def worker_main(conn: Connection, index: int, console_level: int) -> None:
     """Serve requests from the pilot until `Shutdown` or the pipe closes."""
     configure_logging(console_level)
-    from .bundle_session import BundleSession
-
     # The pilot decides what a signal means (drain, grace, kill); workers do not die of it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    sessions: dict[str, BundleSession] = {}
+    host = SessionHost(index)
     while True:
         try:
             message = conn.recv()
         except EOFError:
             break
-        match message:
-            case OpenBundle(spec):
-                try:
-                    sessions[spec.key] = BundleSession(spec)
-                    conn.send(Opened(spec.key))
-                except Exception as err:
-                    conn.send(Opened(spec.key, f"{type(err).__name__}: {err}\n{traceback.format_exc()}"))
-            case RunQuantum(key, quantum_id, evict):
-                session = sessions[key]
-                session.butler.evict(evict)
-                result = session.run(quantum_id, worker=index)
-                conn.send(QuantumDone(key, result, tuple(session.butler.held())))
-            case CloseBundle(key):
-                closing = sessions.pop(key, None)
-                io, records = IoCounts(), {}
-                if closing is not None:
-                    records = {k: v.to_simple() for k, v in closing.butler.persisted_records().items()}
-                    io = closing.butler.io
-                    closing.close()
-                conn.send(Closed(key, io, records))
-            case Ping():
-                conn.send(Pong(os.getpid()))
-            case Shutdown():
-                break
-    for session in sessions.values():
-        session.close()
+        if isinstance(message, Shutdown):
+            break
+        reply = host.answer(message)
+        if reply is not None:
+            conn.send(reply)
+    host.close()

@@ -24,19 +24,11 @@ from ..bundle_model import ExecutionSpec
 from ..errors import BundleError
 from ..log_setup import console_level
 from ..slot import available_cores, parse_size
-from .worker import HEAVY_MODULE, Ping, Pong, Shutdown, worker_main
+from .worker import HEAVY_MODULE, Ping, Pong, Shutdown, WorkerDied, worker_main
 
 _LOG = logging.getLogger(__name__)
 
 MiB = 1024 * 1024
-
-
-@dataclasses.dataclass(frozen=True)
-class WorkerDied:
-    """A worker process ended while the pilot still needed it."""
-
-    reason: str
-    memory: bool = False
 
 
 @dataclasses.dataclass

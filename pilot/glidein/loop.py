@@ -191,7 +191,6 @@ def start_pilot(
                 options.area,
                 pool=pool,
                 stop=stop,
-                grace=options.grace,
                 site=slot.site,
                 on_quantum=progress.add,
             )
