@@ -16,6 +16,7 @@ import pydantic
 from lsst.resources import ResourcePath
 
 from .errors import BundleError, shown
+from .staging.area import staging_root
 
 SCHEMA_VERSION: Literal[1] = 1
 SCHEMA_PATH = Path(__file__).parent / "schemas" / "bundle.schema.json"
@@ -65,9 +66,7 @@ class DBBSpec(_Strict):
 
     def staging_uri(self) -> ResourcePath:
         """Return the staging-area root as a directory URI."""
-        if self.staging is not None:
-            return ResourcePath(self.staging, forceDirectory=True)
-        return ResourcePath(self.repo, forceDirectory=True).join("pilot-staging/", forceDirectory=True)
+        return staging_root(self.repo, self.staging)
 
 
 class ExecutionSpec(_Strict):

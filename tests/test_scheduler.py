@@ -15,7 +15,7 @@ from lsst.pipe.base.quantum_graph import PredictedQuantumGraph
 from pilot.exit_codes import ExitCode
 from pilot.glidein.client import LeaseGone, SchedulerAuthError, SchedulerClient
 from pilot.protocol import SCHEMA_DIR, Heartbeat, Release, Report, Slot, json_schemas
-from pilot.staging.stage_out import Manifest
+from pilot.staging.area import Manifest
 
 
 def write_bundles(directory: Path, specs: dict[str, dict]) -> dict[str, list[str]]:

@@ -10,16 +10,14 @@ from lsst.daf.butler.datastores.file_datastore.retrieve_artifacts import ZipInde
 from lsst.resources import ResourcePath
 
 from stagers.base import TransferError
-from stagers.registry import stager_for
 
 from ..errors import DBBError
-from ..staging.stage_out import MANIFEST_NAME, Manifest, read_manifest
+from ..staging import area
+from ..staging.area import Manifest
 from .dbb_init import open_dbb
 from .mock_storage import register_mock_storage_classes
 
 _LOG = logging.getLogger(__name__)
-
-INGESTED_NAME = "ingested.json"
 
 
 @dataclasses.dataclass
@@ -38,34 +36,13 @@ class BundleIngest:
         return f"{self.bundle_id}: ingested {self.new} datasets ({self.already_present} already present)"
 
 
-def committed_bundles(staging: ResourcePath) -> list[tuple[ResourcePath, Manifest]]:
-    """Return ``(bundle staging dir, manifest)`` for every committed bundle, sorted by bundle ID."""
-    stager = stager_for(staging)
-    found = []
-    try:
-        # Object stores have no directories: list rather than ask whether the root exists.
-        listing = list(staging.walk())
-    except FileNotFoundError:
-        return []
-    for directory, _, files in listing:
-        if MANIFEST_NAME in files:
-            bundle_dir = ResourcePath(directory, forceDirectory=True)
-            found.append((bundle_dir, read_manifest(stager.read(bundle_dir.join(MANIFEST_NAME)))))
-    return sorted(found, key=lambda item: item[1].bundle_id)
-
-
 def ingest_committed(repo: str, staging: str | None = None) -> list[BundleIngest]:
     """Ingest every committed, not yet ingested bundle in the staging area.
 
     Idempotent: a bundle whose current attempt was ingested is skipped, and
     datasets already registered (from an earlier attempt) are left as they are.
     """
-    staging_uri = (
-        ResourcePath(staging, forceDirectory=True)
-        if staging
-        else ResourcePath(repo, forceDirectory=True).join("pilot-staging/", forceDirectory=True)
-    )
-    bundles = committed_bundles(staging_uri)
+    bundles = area.committed_bundles(area.staging_root(repo, staging))
     if not bundles:
         return []
     butler = open_dbb(repo, writeable=True)
@@ -77,20 +54,14 @@ def ingest_committed(repo: str, staging: str | None = None) -> list[BundleIngest
 
 def ingest_bundle_dir(butler: Butler, bundle_dir: ResourcePath) -> BundleIngest | None:
     """Ingest one bundle's committed stage-out (as ``ingest_committed`` does); None if not committed."""
-    stager = stager_for(bundle_dir)
-    manifest_uri = bundle_dir.join(MANIFEST_NAME)
-    if not stager.exists(manifest_uri):
-        return None
-    return _ingest_one(butler, bundle_dir, read_manifest(stager.read(manifest_uri)))
+    manifest = area.committed_manifest(bundle_dir)
+    return None if manifest is None else _ingest_one(butler, bundle_dir, manifest)
 
 
 def _ingest_one(butler: Butler, bundle_dir: ResourcePath, manifest: Manifest) -> BundleIngest:
-    stager = stager_for(bundle_dir)
-    marker = bundle_dir.join(INGESTED_NAME)
-    if stager.exists(marker):
-        done = Manifest.model_validate_json(stager.read(marker))
-        if done.attempt == manifest.attempt:
-            return BundleIngest(manifest.bundle_id, manifest.attempt, 0, 0, skipped=True)
+    done = area.ingested_manifest(bundle_dir)
+    if done is not None and done.attempt == manifest.attempt:
+        return BundleIngest(manifest.bundle_id, manifest.attempt, 0, 0, skipped=True)
     new = present = 0
     if manifest.zip is not None:
         zip_uri = bundle_dir.join(manifest.zip)
@@ -109,7 +80,7 @@ def _ingest_one(butler: Butler, bundle_dir: ResourcePath, manifest: Manifest) ->
                 f"cannot ingest bundle {manifest.bundle_id} from {zip_uri}: {type(err).__name__}: {err}"
             ) from None
     try:
-        stager.commit(manifest.model_dump_json(indent=2).encode(), marker)
+        area.mark_ingested(bundle_dir, manifest)
     except TransferError as err:
         raise DBBError(f"ingested bundle {manifest.bundle_id} but cannot mark it: {err}") from None
     _LOG.info("Bundle %s: %d new datasets, %d already present.", manifest.bundle_id, new, present)

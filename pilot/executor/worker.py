@@ -89,7 +89,6 @@ class WorkerDied:
     memory: bool = False
 
 
-
 class Worker(Protocol):
     """What the engine sees of a worker: its index and the quantum it runs."""
 

@@ -12,7 +12,7 @@ from stagers.base import TransferError
 from stagers.registry import stager_for
 
 from ..report import BundleReport
-from ..staging.stage_out import MANIFEST_NAME, read_manifest
+from ..staging import area
 
 _LOG = logging.getLogger(__name__)
 
@@ -25,15 +25,10 @@ class CommittedOutcome:
     failed: frozenset[uuid.UUID]
 
 
-def bundle_staging_dir(staging_root: ResourcePath, bundle_id: str) -> ResourcePath:
-    """Return ``<staging>/<bundle_id>/``."""
-    return staging_root.join(f"{bundle_id}/", forceDirectory=True)
-
-
 def is_committed(bundle_dir: ResourcePath) -> bool:
     """Say whether the bundle's ``manifest.json`` exists."""
     try:
-        return stager_for(bundle_dir).exists(bundle_dir.join(MANIFEST_NAME))
+        return area.committed_manifest(bundle_dir) is not None
     except (TransferError, LookupError) as err:
         _LOG.warning("Cannot check %s for a committed manifest: %s", bundle_dir, err)
         return False
@@ -46,12 +41,11 @@ def committed_outcome(bundle_dir: ResourcePath) -> CommittedOutcome | None:
     fixed); ``not_run`` quanta are unfinished.
     """
     try:
-        stager = stager_for(bundle_dir)
-        manifest_uri = bundle_dir.join(MANIFEST_NAME)
-        if not stager.exists(manifest_uri):
+        manifest = area.committed_manifest(bundle_dir)
+        if manifest is None:
             return None
-        manifest = read_manifest(stager.read(manifest_uri))
-        report = BundleReport.model_validate_json(stager.read(bundle_dir.join(manifest.report)))
+        report_text = stager_for(bundle_dir).read(bundle_dir.join(manifest.report))
+        report = BundleReport.model_validate_json(report_text)
     except Exception as err:  # an unreadable commit is treated as no commit: everything re-runs
         _LOG.warning("Cannot read the committed stage-out in %s: %s", bundle_dir, err)
         return None

@@ -29,9 +29,10 @@ from ..protocol import (
     Report,
     StatusResponse,
 )
+from ..staging import area
 from .errors import LeaseGone, RequestError
 from .fit import estimated_seconds
-from .outcome import bundle_staging_dir, committed_outcome, is_committed
+from .outcome import committed_outcome, is_committed
 from .remainder import make_remainder, remainder_id, write_remainder
 from .store import BundleRow, FinishPlan, QueueStore, iso
 
@@ -84,7 +85,7 @@ class Scheduler:
             root = ResourcePath(self.settings.staging, forceDirectory=True)
         else:
             root = self.bundle(self.store.bundle_row(bundle_id).path).dbb.staging_uri()
-        return bundle_staging_dir(root, bundle_id)
+        return area.bundle_dir(root, bundle_id)
 
     def claim(self, request: ClaimRequest) -> ClaimResponse:
         now = time.time()

@@ -1,29 +1,21 @@
 """Stage-out: a bundle's outputs go to the DBB staging area as one committed unit.
 
-Layout under the staging root (default ``<repo>/pilot-staging/``)::
-
-    <bundle_id>/<attempt>/<dataset-ids-hash>.zip   outputs, in the zip format ``Butler.ingest_zip`` takes
-    <bundle_id>/<attempt>/report.json              the bundle report
-    <bundle_id>/<attempt>/provenance.json          host, site, software, per-quantum files and checksums
-    <bundle_id>/manifest.json                      written last and atomically: the commit
-
-Nothing is visible to ``pilot ingest`` until ``manifest.json`` exists, and it only
-ever names a complete attempt.  Staging again (a rerun, or a retry after a crash)
-writes a new attempt and replaces the manifest; dataset IDs come from the quantum
-graph, so ingest registers each dataset once whichever attempt it reads.
+The outputs are zipped (``QuantumBackedButler.retrieve_artifacts_zip``, the format
+``Butler.ingest_zip`` takes) and uploaded with the report and provenance into a new
+attempt directory; then the manifest commits it (layout and commit rules:
+`pilot.staging.area`).  Nothing is visible to ingest before the commit, and a pilot
+killed mid-upload leaves only an uncommitted attempt behind.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import time
 import uuid
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-import pydantic
 from lsst.daf.butler import DatasetRef, Quantum
 from lsst.daf.butler.datastore.record_data import DatastoreRecordData
 from lsst.pipe.base.quantum_graph import PredictedQuantumGraph
@@ -35,27 +27,10 @@ from stagers.registry import stager_for
 from ..errors import StageOutError
 from ..report import QuantumResult, StageOutRecord, TransferStats, now
 from ..workspace import workspace_butler
+from . import area
 from .retry import RetryCounter, RetryPolicy, with_retries
 
 _LOG = logging.getLogger(__name__)
-
-MANIFEST_NAME = "manifest.json"
-
-
-class Manifest(pydantic.BaseModel):
-    """The commit record of one staged bundle."""
-
-    manifest_version: int = 1
-    bundle_id: str
-    output_run: str
-    attempt: str
-    zip: str | None = pydantic.Field(description="Zip path relative to the bundle's staging directory.")
-    zip_size: int = 0
-    zip_sha256: str | None = None
-    n_datasets: int = 0
-    report: str
-    provenance: str | None = None
-    committed_at: str
 
 
 def produced_refs(
@@ -118,93 +93,114 @@ def stage_out(
         Anything went wrong; the workspace still holds every output, and no manifest
         naming an incomplete attempt was written.
     """
-    stats = TransferStats()
     start = time.perf_counter()
-    work_dir.mkdir(parents=True, exist_ok=True)
-    zip_path: ResourcePath | None = None
-    if refs:
-        qbb = workspace_butler(qg, local_repo, outputs=(ref.id for ref in refs), records=records)
-        try:
-            zip_path = qbb.retrieve_artifacts_zip(refs, ResourcePath(work_dir, forceDirectory=True))
-        except Exception as err:
-            raise StageOutError(f"cannot assemble the output zip in {work_dir}: {err}") from None
-        finally:
-            qbb.close()
-    bundle_dir = staging_root.join(f"{bundle_id}/", forceDirectory=True)
-    attempt = f"attempt-{now().strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
-    attempt_dir = bundle_dir.join(f"{attempt}/", forceDirectory=True)
-    report_local = ResourcePath(work_dir / "report.json")
-    report_local.write(report_json, overwrite=True)
-    provenance_local = ResourcePath(work_dir / "provenance.json")
-    if provenance_json is not None:
-        provenance_local.write(provenance_json, overwrite=True)
-    retry = retry or RetryPolicy()
-    counter = RetryCounter()
-
-    def upload(source: ResourcePath, destination: ResourcePath) -> int:
-        return with_retries(
-            retry, f"upload of {destination}", lambda: _upload(stager, source, destination, stats), counter
-        )
-
+    zip_path = _assemble_zip(qg, refs, local_repo, work_dir, records)
+    directory = area.bundle_dir(staging_root, bundle_id)
+    upload = _Uploader(directory, retry or RetryPolicy())
     try:
-        stager = stager_for(bundle_dir)
-        zip_name: str | None = None
-        zip_sha256: str | None = None
-        zip_size = 0
-        if zip_path is not None:
-            zip_name = f"{attempt}/{zip_path.basename()}"
-            zip_sha256 = _sha256(Path(zip_path.ospath))
-            zip_size = upload(zip_path, attempt_dir.join(zip_path.basename()))
-        upload(report_local, attempt_dir.join("report.json"))
-        provenance_name: str | None = None
+        attempt = area.new_attempt()
+        zip_name = upload.file(zip_path, f"{attempt}/{zip_path.basename()}") if zip_path else None
+        upload.bytes_(report_json, work_dir / "report.json", f"{attempt}/report.json")
+        provenance_name = None
         if provenance_json is not None:
-            upload(provenance_local, attempt_dir.join("provenance.json"))
             provenance_name = f"{attempt}/provenance.json"
-        manifest = Manifest(
+            upload.bytes_(provenance_json, work_dir / "provenance.json", provenance_name)
+        manifest = area.Manifest(
             bundle_id=bundle_id,
             output_run=output_run,
             attempt=attempt,
             zip=zip_name,
-            zip_size=zip_size,
-            zip_sha256=zip_sha256,
+            zip_size=zip_path.size() if zip_path else 0,
+            zip_sha256=_sha256(Path(zip_path.ospath)) if zip_path else None,
             n_datasets=len(refs),
             report=f"{attempt}/report.json",
             provenance=provenance_name,
             committed_at=now().isoformat(),
         )
-        content = manifest.model_dump_json(indent=2).encode()
-        manifest_uri = bundle_dir.join(MANIFEST_NAME)
-        with_retries(
-            retry, f"commit of {manifest_uri}", lambda: stager.commit(content, manifest_uri), counter
-        )
+        upload.commit(manifest)
     except (TransferError, LookupError) as err:
-        raise StageOutError(f"stage-out of bundle {bundle_id} to {bundle_dir} failed: {err}") from None
+        raise StageOutError(f"stage-out of bundle {bundle_id} to {directory} failed: {err}") from None
     finally:
-        stats.retries = counter.count
-    stats.seconds = time.perf_counter() - start
-    _LOG.info("Committed %d datasets of bundle %s to %s.", len(refs), bundle_id, bundle_dir)
+        upload.stats.retries = upload.counter.count
+    upload.stats.seconds = time.perf_counter() - start
+    _LOG.info("Committed %d datasets of bundle %s to %s.", len(refs), bundle_id, directory)
     return StageOutRecord(
-        manifest=str(bundle_dir.join(MANIFEST_NAME)), zip=zip_name, n_datasets=len(refs), transfer=stats
+        manifest=str(directory.join(area.MANIFEST_NAME)),
+        zip=zip_name,
+        n_datasets=len(refs),
+        transfer=upload.stats,
     )
 
 
-def _upload(stager: Stager, source: ResourcePath, destination: ResourcePath, stats: TransferStats) -> int:
-    size = source.size()
-    copied = stager.upload(source, destination)
-    if copied != size:
-        raise TransferError(
-            f"{destination} has {copied} bytes after upload, expected {size}", permanent=False
+def _assemble_zip(
+    qg: PredictedQuantumGraph,
+    refs: list[DatasetRef],
+    local_repo: str,
+    work_dir: Path,
+    records: Mapping[str, DatastoreRecordData] | None,
+) -> ResourcePath | None:
+    """The outputs' zip in ``work_dir``, or `None` when there is nothing to stage."""
+    work_dir.mkdir(parents=True, exist_ok=True)
+    if not refs:
+        return None
+    qbb = workspace_butler(qg, local_repo, outputs=(ref.id for ref in refs), records=records)
+    try:
+        return qbb.retrieve_artifacts_zip(refs, ResourcePath(work_dir, forceDirectory=True))
+    except Exception as err:
+        raise StageOutError(f"cannot assemble the output zip in {work_dir}: {err}") from None
+    finally:
+        qbb.close()
+
+
+class _Uploader:
+    """Uploads into one bundle's staging directory with retries, counting what it moved."""
+
+    def __init__(self, directory: ResourcePath, retry: RetryPolicy) -> None:
+        self.directory = directory
+        self.retry = retry
+        self.counter = RetryCounter()
+        self.stats = TransferStats()
+        self._stager: Stager | None = None
+
+    @property
+    def stager(self) -> Stager:
+        if self._stager is None:
+            self._stager = stager_for(self.directory)
+        return self._stager
+
+    def file(self, source: ResourcePath, name: str) -> str:
+        """Upload ``source`` as ``<bundle dir>/<name>``; return ``name``."""
+        destination = self.directory.join(name)
+        with_retries(
+            self.retry, f"upload of {destination}", lambda: self._upload(source, destination), self.counter
         )
-    stats.files += 1
-    stats.bytes += copied
-    return copied
+        return name
+
+    def bytes_(self, content: bytes, local: Path, name: str) -> str:
+        """Write ``content`` to ``local`` in the workspace, then upload it as ``name``."""
+        source = ResourcePath(local)
+        source.write(content, overwrite=True)
+        return self.file(source, name)
+
+    def commit(self, manifest: area.Manifest) -> None:
+        """Write the manifest: the attempt becomes the bundle's committed stage-out."""
+        uri = self.directory.join(area.MANIFEST_NAME)
+        with_retries(
+            self.retry, f"commit of {uri}", lambda: area.commit(self.directory, manifest), self.counter
+        )
+
+    def _upload(self, source: ResourcePath, destination: ResourcePath) -> int:
+        size = source.size()
+        copied = self.stager.upload(source, destination)
+        if copied != size:
+            raise TransferError(
+                f"{destination} has {copied} bytes after upload, expected {size}", permanent=False
+            )
+        self.stats.files += 1
+        self.stats.bytes += copied
+        return copied
 
 
 def _sha256(path: Path) -> str:
     with open(path, "rb") as stream:
         return hashlib.file_digest(stream, "sha256").hexdigest()
-
-
-def read_manifest(text: bytes) -> Manifest:
-    """Parse a manifest document."""
-    return Manifest.model_validate(json.loads(text))

@@ -26,8 +26,8 @@ from stagers.registry import stager_for
 from ..errors import StageInError
 from ..report import TransferStats
 from ..workspace import Workspace, workspace_butler
+from . import area
 from .stage_in import InputFile
-from .stage_out import MANIFEST_NAME, read_manifest
 
 _LOG = logging.getLogger(__name__)
 
@@ -93,15 +93,17 @@ def _extract_from(
     qbb: QuantumBackedButler,
     stats: TransferStats,
 ) -> None:
-    bundle_dir = staging_root.join(f"{upstream}/", forceDirectory=True)
+    bundle_dir = area.bundle_dir(staging_root, upstream)
     try:
         stager = stager_for(bundle_dir)
-        manifest = read_manifest(stager.read(bundle_dir.join(MANIFEST_NAME)))
+        manifest = area.committed_manifest(bundle_dir)
     except (TransferError, LookupError) as err:
+        raise StageInError(f"cannot read bundle {upstream}'s stage-out in {bundle_dir}: {err}") from None
+    if manifest is None:
         raise StageInError(
             f"this bundle consumes outputs of bundle {upstream}, which has not committed its stage-out "
-            f"to {bundle_dir}: {err}"
-        ) from None
+            f"to {bundle_dir}"
+        )
     if manifest.zip is None:
         return
     local_zip = ResourcePath(workspace.root / "upstream" / f"{upstream}-{manifest.attempt}.zip")
