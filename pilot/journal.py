@@ -10,6 +10,7 @@ ignored.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -41,8 +42,14 @@ class Journal:
     def record(self, result: QuantumResult) -> None:
         """Append ``result`` and fsync, so a crash right after loses nothing."""
         line = json.dumps({"event": "finished", "result": result.model_dump(mode="json")}) + "\n"
-        with self._lock, open(self.path, "a", encoding="utf-8") as stream:
-            stream.write(line)
+        with self._lock, open(self.path, "a+b") as stream:
+            # After a torn last line (a pilot killed mid-write) start a fresh line, or this
+            # record would be glued to the fragment and ignored with it.
+            if stream.tell() > 0:
+                stream.seek(-1, io.SEEK_END)
+                if stream.read(1) != b"\n":
+                    line = "\n" + line
+            stream.write(line.encode())
             stream.flush()
             os.fsync(stream.fileno())
 

@@ -146,11 +146,6 @@ def test_unreadable_line_in_the_middle_does_not_hide_later_ones(journal: Journal
     assert set(journal.succeeded()) == {before.quantum_id, after.quantum_id}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: Journal.record appends after a torn last line without starting a new line, "
-    "so the first result recorded by the resumed pilot is glued to the fragment and lost",
-)
 def test_record_after_torn_last_line_is_kept(journal: Journal) -> None:
     journal.record(result("succeeded"))
     _tear_last_line(journal, 30)
