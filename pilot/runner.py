@@ -15,7 +15,7 @@ from lsst.resources import ResourcePath
 from activators.registry import activator_class
 
 from .bundle_model import Bundle, load_bundle
-from .errors import BundleError, PilotError
+from .errors import BundleError, ConfigError, PilotError
 from .executor.bundle_session import SessionSpec
 from .executor.chaining_butler import IoCounts
 from .executor.engine import ExecutionOutcome, consumers_of, execute_bundle, execution_order
@@ -87,7 +87,7 @@ def run_bundle(
     workspace = Workspace.in_area(area, bundle.bundle_id)
     journal = Journal(workspace.root / JOURNAL_NAME)
     if resume and not journal.exists():
-        raise BundleError(
+        raise ConfigError(
             f"nothing to resume: workspace {workspace.root} has no journal of bundle {bundle.bundle_id}"
         )
     apply_token(bundle.dbb.token)
