@@ -15,7 +15,7 @@ from lsst.resources import ResourcePath
 from activators.registry import activator_class
 
 from .bundle_model import Bundle, load_bundle
-from .errors import BundleError, ConfigError, PilotError
+from .errors import BundleError, ConfigError, PilotError, PluginNotFound
 from .executor.bundle_session import SessionSpec
 from .executor.chaining_butler import IoCounts
 from .executor.engine import ExecutionOutcome, consumers_of, execute_bundle, execution_order
@@ -265,7 +265,7 @@ def _check_consistency(bundle: Bundle, qg: PredictedQuantumGraph) -> None:
         )
     try:
         activator_class(bundle.execution.activator)
-    except LookupError as err:
+    except PluginNotFound as err:
         raise BundleError(f"bundle {bundle.bundle_id}: execution.activator: {err}") from None
     unknown = sorted(set(bundle.execution.transient_dataset_types) - set(qg.pipeline_graph.dataset_types))
     if unknown:

@@ -32,7 +32,7 @@ from lsst.resources import ResourcePath
 from stagers.base import Stager, TransferError
 from stagers.registry import stager_for
 
-from ..errors import StageOutError
+from ..errors import PluginNotFound, StageOutError
 from ..report import QuantumResult, StageOutRecord, TransferStats, now
 from ..workspace import workspace_butler
 from .retry import RetryCounter, RetryPolicy, with_retries
@@ -177,7 +177,7 @@ def stage_out(
         with_retries(
             retry, f"commit of {manifest_uri}", lambda: stager.commit(content, manifest_uri), counter
         )
-    except (TransferError, LookupError) as err:
+    except (TransferError, PluginNotFound) as err:
         raise StageOutError(f"stage-out of bundle {bundle_id} to {bundle_dir} failed: {err}") from None
     finally:
         stats.retries = counter.count

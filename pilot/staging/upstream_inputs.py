@@ -23,7 +23,7 @@ from lsst.resources import ResourcePath
 from stagers.base import TransferError
 from stagers.registry import stager_for
 
-from ..errors import StageInError
+from ..errors import PluginNotFound, StageInError
 from ..report import TransferStats
 from ..workspace import Workspace, workspace_butler
 from .stage_in import InputFile
@@ -97,7 +97,7 @@ def _extract_from(
     try:
         stager = stager_for(bundle_dir)
         manifest = read_manifest(stager.read(bundle_dir.join(MANIFEST_NAME)))
-    except (TransferError, LookupError) as err:
+    except (TransferError, PluginNotFound) as err:
         raise StageInError(
             f"this bundle consumes outputs of bundle {upstream}, which has not committed its stage-out "
             f"to {bundle_dir}: {err}"
