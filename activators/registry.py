@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from importlib.metadata import entry_points
 
+from pilot.errors import PluginError, PluginNotFound
+
 from .base import Activator
+
+GROUP = "quanta_pilot.activators"
 
 
 def activator_class(name: str) -> type[Activator]:
@@ -12,13 +16,21 @@ def activator_class(name: str) -> type[Activator]:
 
     Raises
     ------
-    LookupError
-        No activator has that name, or the plugin is not an `Activator`.
+    PluginNotFound
+        No activator has that name.
+    PluginError
+        The plugin fails to import, or is not an `Activator`.
     """
-    found = {ep.name: ep for ep in entry_points(group="quanta_pilot.activators")}
+    found = {ep.name: ep for ep in entry_points(group=GROUP)}
     if name not in found:
-        raise LookupError(f"unknown activator {name!r}; installed: {', '.join(sorted(found)) or 'none'}")
-    cls = found[name].load()
+        raise PluginNotFound(f"unknown activator {name!r}; installed: {', '.join(sorted(found)) or 'none'}")
+    entry_point = found[name]
+    try:
+        cls = entry_point.load()
+    except Exception as err:
+        raise PluginError(
+            f"activator plugin {name!r} ({entry_point.value}) cannot be loaded: {type(err).__name__}: {err}"
+        ) from err
     if not (isinstance(cls, type) and issubclass(cls, Activator)):
-        raise LookupError(f"activator plugin {name!r} ({found[name].value}) is not an Activator")
+        raise PluginError(f"activator plugin {name!r} ({entry_point.value}) is not an Activator")
     return cls

@@ -19,16 +19,17 @@
 #   _CONDOR_SCRATCH_DIR    the slot's scratch directory (default: the working directory)
 #   _CONDOR_MACHINE_AD, _CONDOR_JOB_AD   set by HTCondor; read by the pilot, bound into the container
 #
-# Exit codes: the pilot's own (see `pilot --help`); 11 when this script's arguments or
-# environment are unusable (no scheduler URL, no readable token file, no pilot or apptainer).
+# Exit codes: the pilot's own (see `pilot --help`); 19 (the pilot's CONFIG_ERROR) when this
+# script's arguments or environment are unusable (no scheduler URL, no readable token file,
+# no pilot or apptainer).
 set -u
 
 me=glidein-startup.sh
-EXIT_BAD_ARGUMENT=11
+EXIT_CONFIG_ERROR=19
 
 die() {
     echo "$me: error: $*" >&2
-    exit "$EXIT_BAD_ARGUMENT"
+    exit "$EXIT_CONFIG_ERROR"
 }
 
 scheduler=${PILOT_SCHEDULER_URL:-}

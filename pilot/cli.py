@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import functools
 import logging
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -18,26 +17,38 @@ from .interruption import stop_on_signals
 from .log_setup import configure_logging
 
 if TYPE_CHECKING:
+    from .bundle_model import ExecutionSpec
     from .runner import RunOutcome
+
+_LOG = logging.getLogger(__name__)
 
 EXIT_CODE_HELP = "\b\nExit codes:\n" + "\n".join(
     f"  {int(code):>3}  {text}" for code, text in MEANINGS.items()
 )
 
 
-def _fail(err: PilotError) -> NoReturn:
-    click.echo(f"pilot: error: {err}", err=True)
-    sys.exit(int(err.exit_code))
+def error_line(message: str) -> str:
+    """Return ``message`` as the one line ``pilot: error: <message>`` (line breaks folded into spaces)."""
+    return "pilot: error: " + " ".join(part.strip() for part in message.splitlines() if part.strip())
 
 
-def _guarded[T](action: Callable[[], T]) -> T:
-    try:
-        return action()
-    except PilotError as err:
-        _fail(err)
+class PilotGroup(click.Group):
+    """The ``pilot`` command group, and the one place a `PilotError` ends a command.
+
+    A `PilotError` escaping any subcommand is printed as one line on stderr,
+    ``pilot: error: <message>``, and the process exits with the error's ``exit_code``.
+    """
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except PilotError as err:
+            _LOG.debug("Command ended by %s.", type(err).__name__, exc_info=True)
+            click.echo(error_line(str(err) or type(err).__name__), err=True)
+            ctx.exit(int(err.exit_code))
 
 
-@click.group(epilog=EXIT_CODE_HELP)
+@click.group(cls=PilotGroup, epilog=EXIT_CODE_HELP)
 @click.option(
     "--log-level",
     type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
@@ -64,7 +75,7 @@ def bundle(qgraph: str, repo: str, out_dir: Path, max_quanta: int | None, stagin
     """Split quantum graph QGRAPH (.qg) into bundle files, after preparing the DBB once."""
     from .central.bundling import make_bundles
 
-    paths = _guarded(lambda: make_bundles(qgraph, repo, out_dir, max_quanta=max_quanta, staging=staging))
+    paths = make_bundles(qgraph, repo, out_dir, max_quanta=max_quanta, staging=staging)
     for path in paths:
         click.echo(str(path))
     click.echo(f"{len(paths)} bundles written to {out_dir}", err=True)
@@ -114,50 +125,66 @@ def run(
     """Execute each BUNDLE locally (no scheduler): stage in, run, stage out, write report.json.
 
     Bundles run one after another on one pool of warm workers and share one input
-    cache.  The exit code is the highest of the bundles' codes.
+    cache.  A bundle that fails before execution gets one error line and the run goes
+    on with the next; only a signal stops it early.  The exit code is the highest of
+    the bundles' codes.
     """
-    from .bundle_model import load_bundle
+    from .bundle_model import ExecutionSpec
     from .executor.worker_pool import pool_for
     from .slot import detect_slot
-
-    bundles = [_guarded(functools.partial(load_bundle, path)) for path in bundle_files]
-    slot = _guarded(detect_slot)  # the machine ad's cores and site, in a glidein
-    if processes is None:
-        processes = bundles[0].execution.processes
-    # Start the workers first: their forkserver imports the LSST stack while we do.
-    pool = _guarded(
-        lambda: pool_for(
-            bundles[0].execution, slot.cores if processes is None else processes, memory_per_worker
-        )
-    )
-    from .report import format_task_table
-    from .runner import run_bundle
     from .workspace import pilot_area
 
-    area = _guarded(lambda: pilot_area(workspace))
+    slot = detect_slot()  # the machine ad's cores and site, in a glidein
+    area = pilot_area(workspace)
+    execution = _first_execution(bundle_files)
+    if execution is None:  # no bundle loads: each will only print its error, no pool needed
+        execution, processes = ExecutionSpec(), 0
+    elif processes is None:
+        processes = slot.cores if execution.processes is None else execution.processes
+    # Start the workers first: their forkserver imports the LSST stack while we do.
+    pool = pool_for(execution, processes, memory_per_worker)
+    from .report import format_task_table
+    from .runner import run_bundle
+
     worst = 0
     try:
         with stop_on_signals(signal.SIGTERM, signal.SIGINT, grace=grace) as stop:
             for path in bundle_files:
-                if stop.reason is not None:
+                if stop.reason is not None:  # bundles left unrun
+                    worst = max(worst, ExitCode.INTERRUPTED)
                     break
-                outcome = _guarded(
-                    functools.partial(
-                        run_bundle,
-                        path,
-                        area,
-                        pool=pool,
-                        stop=stop,
-                        resume=resume,
-                        site=slot.site,
-                    )
-                )
+                try:
+                    outcome = run_bundle(path, area, pool=pool, stop=stop, resume=resume, site=slot.site)
+                except PilotError as err:
+                    click.echo(error_line(_naming(path, str(err))), err=True)
+                    worst = max(worst, err.exit_code)
+                    continue
                 _print_outcome(outcome, format_task_table)
                 worst = max(worst, outcome.report.exit_code)
     finally:
         if pool is not None:
             pool.close()
-    sys.exit(worst)
+    sys.exit(int(worst))
+
+
+def _first_execution(bundle_files: Sequence[str]) -> ExecutionSpec | None:
+    """The execution settings of the first bundle that loads (the pool's size and memory), if any.
+
+    A bundle that does not load is skipped silently here: its error is printed when its turn comes.
+    """
+    from .bundle_model import load_bundle
+
+    for path in bundle_files:
+        try:
+            return load_bundle(path).execution
+        except PilotError:
+            continue
+    return None
+
+
+def _naming(bundle_file: str, message: str) -> str:
+    """Return ``message``, followed by ``(bundle file <bundle_file>)`` unless it names that file already."""
+    return message if bundle_file in message else f"{message} (bundle file {bundle_file})"
 
 
 def _print_outcome(outcome: RunOutcome, format_task_table: Callable[[dict], str]) -> None:
@@ -179,7 +206,7 @@ def _print_outcome(outcome: RunOutcome, format_task_table: Callable[[dict], str]
             f"{report.stage_out.manifest}"
         )
     if report.message:
-        click.echo(f"pilot: error: {report.message}", err=True)
+        click.echo(error_line(report.message), err=True)
     click.echo(f"report: {outcome.report_path}")
 
 
@@ -190,7 +217,7 @@ def ingest(repo: str, staging: str | None) -> None:
     """Register every committed bundle's outputs in DBB repository REPO (idempotent)."""
     from .central.ingest import ingest_committed
 
-    results = _guarded(lambda: ingest_committed(repo, staging))
+    results = ingest_committed(repo, staging)
     for item in results:
         click.echo(item.describe())
     new = sum(item.new for item in results)
@@ -248,10 +275,10 @@ def serve(
     from .scheduler.server import ServeOptions, serve
     from .scheduler.service import Settings
 
-    token = _guarded(lambda: read_token(token_file))
+    token = read_token(token_file)
     options = ServeOptions(bundle_dir, repo, token, db=db, host=host, port=port, threads=threads)
     settings = Settings(lease_ttl, seconds_per_quantum, max_attempts, staging=staging)
-    _guarded(lambda: serve(options, settings))
+    serve(options, settings)
 
 
 @main.command(epilog=EXIT_CODE_HELP)
@@ -328,12 +355,13 @@ def start(
     from .workspace import pilot_area
 
     with stop_on_signals(*DRAIN_SIGNALS, grace=grace) as stop:
-        slot = _guarded(lambda: detect_slot(lifetime))
-        client = _guarded(lambda: SchedulerClient(scheduler_url, token_from(token_file)))
+        slot = detect_slot(lifetime)
+        client = SchedulerClient(scheduler_url, token_from(token_file))  # no network I/O yet
+        area = pilot_area(workspace)
         workers = processes if processes is not None else slot.cores
-        pool = _guarded(lambda: pool_for(ExecutionSpec(), workers, memory_per_worker))
+        pool = pool_for(ExecutionSpec(), workers, memory_per_worker)
         options = StartOptions(
-            area=_guarded(lambda: pilot_area(workspace)),
+            area=area,
             pilot_id=pilot_id or default_pilot_id(),
             grace=grace,
             idle_timeout=idle_timeout,
@@ -345,7 +373,7 @@ def start(
             err=True,
         )
         try:
-            summary = _guarded(lambda: start_pilot(client, slot, pool, options, stop))
+            summary = start_pilot(client, slot, pool, options, stop)
         finally:
             if pool is not None:
                 pool.close()
@@ -374,11 +402,7 @@ def demo(directory: Path, detectors: int, sleep: float, max_quanta: int, process
     from .slot import available_cores
 
     workers = available_cores() if processes is None else processes
-    result = _guarded(
-        lambda: run_demo(
-            directory, n_detectors=detectors, sleep=sleep, max_quanta=max_quanta, processes=workers
-        )
-    )
+    result = run_demo(directory, n_detectors=detectors, sleep=sleep, max_quanta=max_quanta, processes=workers)
     all_results = [q for outcome in result.runs for q in outcome.report.quanta]
     counts, tasks = count_statuses(all_results)
     click.echo(f"DBB: {directory.absolute() / 'dbb'}   run: {result.output_run}")

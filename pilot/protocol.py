@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 import pydantic
 
-from .errors import BundleError
+from .errors import ConfigError
 
 PROTOCOL_VERSION = "v1"
 SCHEMA_DIR = Path(__file__).parent / "schemas" / "protocol"
@@ -174,15 +174,15 @@ def read_token(path: str | Path) -> str:
 
     Raises
     ------
-    BundleError
+    ConfigError
         The file is missing, unreadable or empty.
     """
     try:
         token = Path(path).read_text().strip()
     except OSError as err:
-        raise BundleError(f"cannot read token file {path}: {err.strerror or err}") from None
+        raise ConfigError(f"cannot read token file {path}: {err.strerror or err}") from None
     if not token or any(c.isspace() for c in token):
-        raise BundleError(f"token file {path} must hold one token (non-empty, no whitespace)")
+        raise ConfigError(f"token file {path} must hold one token (non-empty, no whitespace)")
     return token
 
 

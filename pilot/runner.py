@@ -23,7 +23,7 @@ from lsst.resources import ResourcePath
 from activators.registry import activator_class
 
 from .bundle_model import Bundle, load_bundle
-from .errors import BundleError, PilotError
+from .errors import BundleError, ConfigError, PilotError, PluginNotFound
 from .executor.bundle_session import SessionSpec
 from .executor.engine import ExecutionOutcome, consumers_of, execute_bundle, execution_order
 from .executor.in_process import InProcessPool
@@ -137,7 +137,7 @@ def _prepare(bundle_path: str | Path, area: Path | None, resume: bool) -> _Job:
     workspace = Workspace.in_area(area, bundle.bundle_id)
     journal = Journal(workspace.root / JOURNAL_NAME)
     if resume and not journal.exists():
-        raise BundleError(
+        raise ConfigError(
             f"nothing to resume: workspace {workspace.root} has no journal of bundle {bundle.bundle_id}"
         )
     apply_token(bundle.dbb.token)
@@ -420,7 +420,7 @@ def _check_consistency(bundle: Bundle, qg: PredictedQuantumGraph) -> None:
         )
     try:
         activator_class(bundle.execution.activator)
-    except LookupError as err:
+    except PluginNotFound as err:
         raise BundleError(f"bundle {bundle.bundle_id}: execution.activator: {err}") from None
     unknown = sorted(set(bundle.execution.transient_dataset_types) - set(qg.pipeline_graph.dataset_types))
     if unknown:

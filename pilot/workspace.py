@@ -14,7 +14,7 @@ from lsst.daf.butler.datastore.record_data import DatastoreRecordData
 from lsst.pipe.base.quantum_graph import PredictedQuantumGraph
 from lsst.resources import ResourcePath
 
-from .errors import BundleError, StageInError, shown
+from .errors import BundleError, ConfigError, StageInError, shown
 
 BUTLER_ROOT_TOKEN = "<butlerRoot>"
 
@@ -62,6 +62,11 @@ def pilot_area(explicit: Path | None) -> Path:
 
     It holds one workspace per bundle (``<area>/<bundle_id>/``) and the input cache
     the bundles share (``<area>/input-cache/``).
+
+    Raises
+    ------
+    ConfigError
+        The work area cannot be created.
     """
     if explicit is not None:
         area = explicit
@@ -73,7 +78,7 @@ def pilot_area(explicit: Path | None) -> Path:
     try:
         area.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise BundleError(f"cannot create the pilot work area {area}: {err}") from None
+        raise ConfigError(f"cannot create the pilot work area {area}: {err}") from None
     return area
 
 
@@ -102,7 +107,7 @@ class Workspace:
         try:
             root.mkdir(parents=True, exist_ok=True)
         except OSError as err:
-            raise BundleError(f"cannot create workspace {root}: {err}") from None
+            raise ConfigError(f"cannot create workspace {root}: {err}") from None
         return cls(root, fresh=not (root / "repo").exists())
 
     @property

@@ -7,16 +7,26 @@ from importlib.metadata import entry_points
 
 from lsst.resources import ResourcePath
 
+from pilot.errors import PluginError, PluginNotFound
+
 from .base import Stager
+
+GROUP = "quanta_pilot.stagers"
 
 
 @functools.cache
 def _stagers_by_scheme() -> dict[str, type[Stager]]:
     found: dict[str, type[Stager]] = {}
-    for entry_point in entry_points(group="quanta_pilot.stagers"):
-        cls = entry_point.load()
+    for entry_point in entry_points(group=GROUP):
+        try:
+            cls = entry_point.load()
+        except Exception as err:
+            raise PluginError(
+                f"stager plugin {entry_point.name!r} ({entry_point.value}) cannot be loaded: "
+                f"{type(err).__name__}: {err}"
+            ) from err
         if not (isinstance(cls, type) and issubclass(cls, Stager)):
-            raise TypeError(f"stager plugin {entry_point.name!r} ({entry_point.value}) is not a Stager")
+            raise PluginError(f"stager plugin {entry_point.name!r} ({entry_point.value}) is not a Stager")
         for scheme in cls.schemes:
             found.setdefault(scheme, cls)
     return found
@@ -27,11 +37,14 @@ def stager_for(uri: ResourcePath) -> Stager:
 
     Raises
     ------
-    LookupError
+    PluginNotFound
         No installed stager serves that scheme.
+    PluginError
+        An installed stager plugin fails to import, or is not a `Stager`.
     """
+    stagers = _stagers_by_scheme()
     try:
-        return _stagers_by_scheme()[uri.scheme]()
+        return stagers[uri.scheme]()
     except KeyError:
-        known = ", ".join(sorted(s for s in _stagers_by_scheme() if s)) or "none"
-        raise LookupError(f"no stager for {uri.scheme!r} URIs ({uri}); installed: {known}") from None
+        known = ", ".join(sorted(s for s in stagers if s)) or "none"
+        raise PluginNotFound(f"no stager for {uri.scheme!r} URIs ({uri}); installed: {known}") from None

@@ -189,12 +189,12 @@ def test_sigusr1_is_forwarded_and_the_script_keeps_waiting(glidein: dict[str, st
         (("--scheduler",), {}, "--scheduler needs a URL"),
     ],
 )
-def test_bad_arguments_exit_11_with_one_line(
+def test_bad_arguments_exit_19_with_one_line(
     glidein: dict[str, str], args: tuple[str, ...], extra_env: dict[str, str], message: str
 ) -> None:
     proc = start(glidein | extra_env, *args)
     stdout, stderr = proc.communicate(timeout=60)
-    assert proc.returncode == 11
+    assert proc.returncode == 19  # the pilot's CONFIG_ERROR
     assert stdout == ""
     assert len(stderr.splitlines()) == 1, stderr
     assert stderr.startswith("glidein-startup.sh: error: ") and message in stderr

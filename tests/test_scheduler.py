@@ -12,8 +12,11 @@ import requests
 from conftest import TOKEN, Campaign, _free_port, pilot, read_report, serve, wait_for
 from lsst.pipe.base.quantum_graph import PredictedQuantumGraph
 
+import pilot.glidein.client as glidein_client
+import pilot.scheduler.errors as scheduler_errors
+from pilot.errors import LeaseGone, SchedulerRejected
 from pilot.exit_codes import ExitCode
-from pilot.glidein.client import LeaseGone, SchedulerAuthError, SchedulerClient
+from pilot.glidein.client import SchedulerAuthError, SchedulerClient
 from pilot.protocol import SCHEMA_DIR, Heartbeat, Release, Report, Slot, json_schemas
 from pilot.staging.area import Manifest
 
@@ -96,6 +99,34 @@ def test_unreachable_scheduler_exit_code() -> None:
     with pytest.raises(Exception, match="unreachable") as err:
         c.status()
     assert err.value.exit_code == ExitCode.SCHEDULER_UNREACHABLE  # type: ignore[attr-defined]
+
+
+def test_rejected_requests_exit_20_not_18(tmp_path: Path) -> None:
+    write_bundles(tmp_path / "bundles", {"a": {}})
+    with serve(tmp_path / "bundles", tmp_path / "dbb") as url:
+        c = client(url)
+        # A claim whose slot the server's model refuses (built without the client's validation).
+        with pytest.raises(SchedulerRejected, match="field 'slot.cores'") as bad_claim:
+            c.claim("pilot-1", Slot.model_construct(cores=0))
+        claim = c.claim("pilot-1", SLOT)
+        assert claim.lease is not None
+        stranger = str(uuid.UUID(int=7))
+        with pytest.raises(SchedulerRejected, match=f"quantum {stranger} is not in bundle a") as bad_report:
+            c.report(
+                claim.lease.lease_id,
+                Report(status="failed", exit_code=10, failed_quantum_ids=[stranger], staged=False),
+            )
+    for caught in (bad_claim, bad_report):
+        assert type(caught.value) is SchedulerRejected
+        assert caught.value.exit_code == ExitCode.SCHEDULER_REJECTED == 20
+        assert "\n" not in str(caught.value)
+
+
+def test_client_and_scheduler_share_one_lease_gone() -> None:
+    assert glidein_client.LeaseGone is scheduler_errors.LeaseGone is LeaseGone
+    assert issubclass(scheduler_errors.LeaseNotFound, LeaseGone)
+    assert scheduler_errors.RequestError is SchedulerRejected and SchedulerRejected.status == 400
+    assert (LeaseGone.status, scheduler_errors.LeaseNotFound.status) == (410, 404)
 
 
 def test_bundles_go_to_slots_they_fit(tmp_path: Path) -> None:

@@ -110,7 +110,7 @@ def test_malformed_machine_ad(tmp_path: Path, text: str, problem: str) -> None:
     assert "\n" not in message
     assert message.startswith(f"machine ad {environ['_CONDOR_MACHINE_AD']}: ")
     assert problem in message
-    assert caught.value.exit_code == ExitCode.BAD_BUNDLE == 11
+    assert caught.value.exit_code == ExitCode.CONFIG_ERROR == 19
 
 
 def test_available_cores_unchanged() -> None:

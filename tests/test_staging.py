@@ -109,7 +109,7 @@ def test_stage_out_fails_while_server_down_then_resumes(tmp_path: Path) -> None:
 def test_resume_needs_a_journal(campaign: Campaign, tmp_path: Path) -> None:
     bundle = campaign.bundle_files()[0]
     result = pilot("run", "--processes", "0", bundle, "--workspace", tmp_path / "ws", "--resume")
-    assert result.returncode == ExitCode.BAD_BUNDLE
+    assert result.returncode == ExitCode.CONFIG_ERROR
     assert result.stderr.startswith("pilot: error: nothing to resume: workspace")
 
 

@@ -10,7 +10,7 @@ from lsst.daf.butler import ButlerConfig
 from lsst.resources import ResourcePath
 
 from ..bundle_model import SCHEMA_VERSION, Bundle, DBBSpec, ExecutionSpec, write_bundle
-from ..errors import BundleError
+from ..errors import BundleError, ConfigError
 from ..qgraph_io import read_full_graph, write_bundle_graph
 from .chains import find_chains, pack_chains
 from .dbb_init import initialize_output_run, open_dbb
@@ -37,7 +37,7 @@ def make_bundles(
     Returns the bundle files written, in dependency order.
     """
     if max_quanta is not None and max_quanta < 1:
-        raise BundleError(f"--max-quanta must be at least 1, not {max_quanta}")
+        raise ConfigError(f"--max-quanta must be at least 1, not {max_quanta}")
     graph_uri = ResourcePath(qgraph, forceAbsolute=True)
     components = read_full_graph(graph_uri)
     if not components.quantum_datasets:

@@ -21,7 +21,7 @@ from typing import Any
 import psutil
 
 from ..bundle_model import ExecutionSpec
-from ..errors import BundleError
+from ..errors import ConfigError
 from ..log_setup import console_level
 from ..slot import available_cores, parse_size
 from .worker import HEAVY_MODULE, Ping, Pong, Shutdown, WorkerDied, worker_main
@@ -209,19 +209,19 @@ def pool_for(
 
     Raises
     ------
-    BundleError
-        The memory budget is not a size.
+    ConfigError
+        The memory budget is not a size (checked for 0 processes too).
     """
+    budget = memory_per_worker or execution.memory_per_worker
+    try:
+        limit = parse_size(budget) if budget else None
+    except ValueError as err:
+        raise ConfigError(f"--memory-per-worker: {err}") from None
     size = processes if processes is not None else execution.processes
     if size is None:
         size = available_cores()
     if size == 0:
         return None
-    budget = memory_per_worker or execution.memory_per_worker
-    try:
-        limit = parse_size(budget) if budget else None
-    except ValueError as err:
-        raise BundleError(f"--memory-per-worker: {err}") from None
     pool = WorkerPool(size, limit)
     pool.start()
     return pool

@@ -13,8 +13,7 @@ import requests
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
-from ..errors import BundleError, PilotError
-from ..exit_codes import ExitCode
+from ..errors import ConfigError, LeaseGone, SchedulerAuthError, SchedulerRejected, SchedulerUnreachable
 from ..protocol import (
     ClaimRequest,
     ClaimResponse,
@@ -33,35 +32,11 @@ _LOG = logging.getLogger(__name__)
 TOKEN_FILE_ENV = "PILOT_TOKEN_FILE"
 
 
-class SchedulerAuthError(PilotError):
-    """The scheduler refused the token (401/403)."""
-
-    exit_code = ExitCode.AUTH_FAILED
-
-
-class SchedulerUnreachable(PilotError):
-    """The scheduler could not be reached, or kept failing (5xx), after retries."""
-
-    exit_code = ExitCode.SCHEDULER_UNREACHABLE
-
-
-class SchedulerRejected(PilotError):
-    """The scheduler refused a request as malformed (400): a protocol mismatch."""
-
-    exit_code = ExitCode.SCHEDULER_UNREACHABLE
-
-
-class LeaseGone(PilotError):
-    """The lease lapsed (or is unknown): its bundle was re-queued; stop working on it."""
-
-    exit_code = ExitCode.INTERRUPTED
-
-
 def token_from(token_file: str | None) -> str:
     """Read the token from ``token_file``, else from the file named by ``$PILOT_TOKEN_FILE``."""
     path = token_file or os.environ.get(TOKEN_FILE_ENV)
     if not path:
-        raise BundleError(f"no scheduler token: give --token-file or set {TOKEN_FILE_ENV}")
+        raise ConfigError(f"no scheduler token: give --token-file or set {TOKEN_FILE_ENV}")
     return read_token(path)
 
 
@@ -78,7 +53,16 @@ class SchedulerClient:
     """Talk to the scheduler at ``url`` with bearer ``token``.
 
     Connection errors and 5xx answers are retried (``retries`` times, exponential
-    backoff from ``backoff`` seconds); 401/403 never are.
+    backoff from ``backoff`` seconds); 401/403 never are.  Every request raises
+    `SchedulerAuthError` on 401/403, `LeaseGone` on 404/410 for a lease,
+    `SchedulerRejected` on any other 4xx and `SchedulerUnreachable` when retries
+    run out.
+
+    Raises
+    ------
+    ConfigError
+        ``url`` is not an http(s) URL, or plain http to a host other than loopback
+        (checked before any network I/O).
     """
 
     def __init__(
@@ -86,10 +70,11 @@ class SchedulerClient:
     ) -> None:
         parts = urllib.parse.urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise BundleError(f"scheduler URL {url!r} is not an http(s) URL")
+            raise ConfigError(f"scheduler URL {url!r} is not an http(s) URL")
         if parts.scheme == "http" and not _is_loopback(parts.hostname):
-            raise BundleError(
-                f"refusing to send the scheduler token over plain http to {parts.hostname}: use https"
+            raise ConfigError(
+                f"scheduler URL {url!r}: refusing to send the token over plain http to {parts.hostname}; "
+                "use https"
             )
         self.url = url.rstrip("/")
         self.timeout = timeout

@@ -11,6 +11,7 @@ from lsst.resources import ResourcePath
 from stagers.base import TransferError
 from stagers.registry import stager_for
 
+from ..errors import PluginNotFound
 from ..report import BundleReport
 from ..staging import area
 
@@ -29,7 +30,7 @@ def is_committed(bundle_dir: ResourcePath) -> bool:
     """Say whether the bundle's ``manifest.json`` exists."""
     try:
         return area.committed_manifest(bundle_dir) is not None
-    except (TransferError, LookupError) as err:
+    except (TransferError, PluginNotFound) as err:
         _LOG.warning("Cannot check %s for a committed manifest: %s", bundle_dir, err)
         return False
 

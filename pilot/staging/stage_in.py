@@ -17,7 +17,7 @@ from lsst.resources import ResourcePath
 from stagers.base import TransferError
 from stagers.registry import stager_for
 
-from ..errors import StageInError
+from ..errors import PluginNotFound, StageInError
 from ..report import TransferStats
 from ..workspace import DBBDatastore
 from .input_cache import InputCache, blake2b_of
@@ -149,7 +149,7 @@ def _stage_one(
     destination = ResourcePath(cache.path_of(item.relative_path))
     try:
         stager = stager_for(source)
-    except LookupError as err:
+    except PluginNotFound as err:
         raise StageInError(str(err)) from None
     copied = 0
     problem: str | None = None

@@ -24,7 +24,7 @@ from lsst.resources import ResourcePath
 from stagers.base import Stager, TransferError
 from stagers.registry import stager_for
 
-from ..errors import StageOutError
+from ..errors import PluginNotFound, StageOutError
 from ..report import QuantumResult, StageOutRecord, TransferStats, now
 from ..workspace import workspace_butler
 from . import area
@@ -118,7 +118,7 @@ def stage_out(
             committed_at=now().isoformat(),
         )
         upload.commit(manifest)
-    except (TransferError, LookupError) as err:
+    except (TransferError, PluginNotFound) as err:
         raise StageOutError(f"stage-out of bundle {bundle_id} to {directory} failed: {err}") from None
     finally:
         upload.stats.retries = upload.counter.count

@@ -23,7 +23,7 @@ from lsst.resources import ResourcePath
 from stagers.base import TransferError
 from stagers.registry import stager_for
 
-from ..errors import StageInError
+from ..errors import PluginNotFound, StageInError
 from ..report import TransferStats
 from ..workspace import Workspace, workspace_butler
 from . import area
@@ -97,7 +97,7 @@ def _extract_from(
     try:
         stager = stager_for(bundle_dir)
         manifest = area.committed_manifest(bundle_dir)
-    except (TransferError, LookupError) as err:
+    except (TransferError, PluginNotFound) as err:
         raise StageInError(f"cannot read bundle {upstream}'s stage-out in {bundle_dir}: {err}") from None
     if manifest is None:
         raise StageInError(
