@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -143,7 +143,6 @@ def run(
         processes = slot.cores if execution.processes is None else execution.processes
     # Start the workers first: their forkserver imports the LSST stack while we do.
     pool = pool_for(execution, processes, memory_per_worker)
-    from .report import format_task_table
     from .runner import run_bundle
 
     worst = 0
@@ -159,7 +158,7 @@ def run(
                     click.echo(error_line(_naming(path, str(err))), err=True)
                     worst = max(worst, err.exit_code)
                     continue
-                _print_outcome(outcome, format_task_table)
+                _print_outcome(outcome)
                 worst = max(worst, outcome.report.exit_code)
     finally:
         if pool is not None:
@@ -187,7 +186,7 @@ def _naming(bundle_file: str, message: str) -> str:
     return message if bundle_file in message else f"{message} (bundle file {bundle_file})"
 
 
-def _print_outcome(outcome: RunOutcome, format_task_table: Callable[[dict], str]) -> None:
+def _print_outcome(outcome: RunOutcome) -> None:
     report = outcome.report
     where = f"{report.processes} workers" if report.processes else "in-process"
     resumed = f", {report.resumed_quanta} resumed from the journal" if report.resumed_quanta else ""
@@ -398,7 +397,7 @@ def start(
 def demo(directory: Path, detectors: int, sleep: float, max_quanta: int, processes: int | None) -> None:
     """Build a demo DBB and pipeline in DIRECTORY, run every bundle, ingest, and report."""
     from .demo.campaign import run_demo
-    from .report import count_statuses, format_task_table
+    from .report import count_statuses
     from .slot import available_cores
 
     workers = available_cores() if processes is None else processes
@@ -422,6 +421,25 @@ def demo(directory: Path, detectors: int, sleep: float, max_quanta: int, process
         else f"{len(all_results) - counts['succeeded']} quanta did not succeed"
     )
     sys.exit(int(ExitCode.SUCCESS if ok else ExitCode.QUANTA_FAILED))
+
+
+def format_task_table(tasks: dict[str, dict[str, int]]) -> str:
+    """Render per-task counts as an aligned text table, with a total row."""
+    columns = ("succeeded", "failed", "blocked", "not_run")
+    rows = [(label, *(str(counts[c]) for c in columns)) for label, counts in tasks.items()]
+    rows.append(("TOTAL", *(str(sum(t[c] for t in tasks.values())) for c in columns)))
+    header = ("task", *columns)
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    lines = [
+        "  ".join(
+            cell.ljust(w) if i == 0 else cell.rjust(w)
+            for i, (cell, w) in enumerate(zip(row, widths, strict=True))
+        )
+        for row in [header, *rows]
+    ]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    lines.insert(len(lines) - 1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":  # pragma: no cover

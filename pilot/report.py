@@ -1,4 +1,4 @@
-"""The bundle report (``report.json``): per-quantum results and a bundle summary."""
+"""The bundle report (``report.json``): per-quantum results, the bundle summary, and the host it ran on."""
 
 from __future__ import annotations
 
@@ -139,22 +139,3 @@ def environment() -> dict[str, object]:
 def now() -> datetime:
     """Current UTC time."""
     return datetime.now(UTC)
-
-
-def format_task_table(tasks: dict[str, dict[str, int]]) -> str:
-    """Render per-task counts as an aligned text table, with a total row."""
-    columns = ("succeeded", "failed", "blocked", "not_run")
-    rows = [(label, *(str(counts[c]) for c in columns)) for label, counts in tasks.items()]
-    rows.append(("TOTAL", *(str(sum(t[c] for t in tasks.values())) for c in columns)))
-    header = ("task", *columns)
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-    lines = [
-        "  ".join(
-            cell.ljust(w) if i == 0 else cell.rjust(w)
-            for i, (cell, w) in enumerate(zip(row, widths, strict=True))
-        )
-        for row in [header, *rows]
-    ]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    lines.insert(len(lines) - 1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
