@@ -9,12 +9,15 @@ from pathlib import Path
 
 import pytest
 import requests
+import sqlalchemy as sa
 from conftest import TOKEN, Campaign, _free_port, pilot, read_report, serve, wait_for
 from lsst.pipe.base.quantum_graph import PredictedQuantumGraph
 
 from pilot.exit_codes import ExitCode
 from pilot.glidein.client import LeaseGone, SchedulerAuthError, SchedulerClient
 from pilot.protocol import SCHEMA_DIR, Heartbeat, Release, Report, Slot, json_schemas
+from pilot.scheduler import tables
+from pilot.scheduler.store import BundleRow, QueueStore
 from pilot.staging.stage_out import Manifest
 
 
@@ -121,6 +124,61 @@ def test_bundles_go_to_slots_they_fit(tmp_path: Path) -> None:
         assert c.claim("p", Slot(cores=4)).bundle["bundle_id"] == "hour"
         assert c.claim("p", Slot(cores=4)).no_work
         assert c.claim("p", Slot(cores=8, walltime_left_s=100)).bundle["bundle_id"] == "wide"
+
+
+def test_bundles_go_to_slots_with_disk_for_them(tmp_path: Path) -> None:
+    write_bundles(
+        tmp_path / "bundles",
+        {
+            "big": {"resources": {"disk_mb": 50_000, "seconds": 60}},
+            "small": {"resources": {"disk_mb": 2_000, "seconds": 60}},
+            "unknown": {"resources": {"seconds": 60}},
+        },
+    )
+    with serve(tmp_path / "bundles", tmp_path / "dbb") as url:
+        c = client(url)
+        small_disk = Slot(cores=4, memory_mb=8000, disk_mb=10_000)
+        assert c.claim("p", small_disk).bundle["bundle_id"] == "small"  # never the 50 GB bundle
+        assert c.claim("p", small_disk).bundle["bundle_id"] == "unknown"  # no estimate: no constraint
+        assert c.claim("p", small_disk).no_work
+        assert c.claim("p", Slot(cores=4)).bundle["bundle_id"] == "big"  # the slot's disk unknown
+
+
+def test_remainder_keeps_the_disk_estimate(tmp_path: Path) -> None:
+    quanta = write_bundles(tmp_path / "bundles", {"a": {"n": 4, "resources": {"disk_mb": 5_000}}})
+    with serve(tmp_path / "bundles", tmp_path / "dbb", "--lease-ttl", "600") as url:
+        c = client(url)
+        claim = c.claim("p1", SLOT)
+        c.release(claim.lease.lease_id, Release(staged=False))
+        assert c.claim("p2", Slot(cores=4, disk_mb=4_000)).no_work
+        rest = c.claim("p2", Slot(cores=4, disk_mb=6_000))
+        assert rest.bundle["bundle_id"] == "a-r1" and rest.bundle["quantum_ids"] == quanta["a"]
+        assert rest.bundle["resources"]["disk_mb"] == 5_000
+
+
+def test_queue_database_of_an_earlier_version_gains_the_disk_column(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'queue.sqlite3'}"
+    earlier = sa.MetaData()
+    for table in tables.metadata.sorted_tables:
+        columns = [
+            sa.Column(c.name, c.type, primary_key=c.primary_key, nullable=c.nullable)
+            for c in table.columns
+            if c.name != "disk_mb"
+        ]
+        sa.Table(table.name, earlier, *columns)
+    engine = sa.create_engine(url)
+    earlier.create_all(engine)
+    engine.dispose()
+    store = QueueStore(url)
+    try:
+        row = BundleRow("a", "file:///a.json", 3, 1, None, 60.0, "a", disk_mb=5_000)
+        assert store.add_bundle(row, [])
+        assert store.claim("p", Slot(cores=1, disk_mb=4_000), now=0.0, ttl=60) is None
+        claimed = store.claim("p", Slot(cores=1, disk_mb=6_000), now=0.0, ttl=60)
+        assert claimed is not None and claimed.bundle_id == "a"
+        assert store.bundle_row("a") == row
+    finally:
+        store.close()
 
 
 @pytest.mark.parametrize("store", ["sqlite", "postgresql"])

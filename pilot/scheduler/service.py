@@ -74,6 +74,7 @@ class Scheduler:
             n_quanta=len(bundle.quantum_ids),
             cores=bundle.resources.cores,
             memory_mb=bundle.resources.memory_mb,
+            disk_mb=bundle.resources.disk_mb,
             est_seconds=estimated_seconds(bundle, self.settings.seconds_per_quantum),
             root=bundle.bundle_id,
         )
