@@ -11,11 +11,13 @@ import time
 from pathlib import Path
 
 from conftest import (
+    CHAIN3,
     TOKEN,
     Campaign,
     TaskSpec,
     make_campaign,
     pilot,
+    read_report,
     serve,
     wait_for,
 )
@@ -201,3 +203,52 @@ def test_short_lived_pilot_gets_no_long_bundle(tmp_path: Path) -> None:
         assert code == ExitCode.SUCCESS, stderr
         assert "no work for" in stdout and ": 0 bundles" in stdout.replace("; 0 bundles", ": 0 bundles")
         assert _status(url).bundles["queued"] == 1
+
+
+def _start_in_slot(url: str, scratch: Path, cores: int, *args: str) -> subprocess.Popen:
+    """Start ``pilot start`` without --processes in a fake HTCondor slot; its work area is scratch/pilot."""
+    scratch.mkdir()
+    token = scratch / "pilot.token"
+    token.write_text(TOKEN + "\n")
+    ad = scratch / ".machine.ad"
+    ad.write_text(f"Cpus = {cores}\nMemory = 8192\nDisk = 10000000\n")
+    env = {**os.environ, "_CONDOR_SCRATCH_DIR": str(scratch), "_CONDOR_MACHINE_AD": str(ad)}
+    command = [sys.executable, "-m", "pilot.cli", "start", "--scheduler", url, "--token-file", str(token)]
+    command += ["--keep-workspaces", *args]
+    area = scratch / "pilot"
+    with open(f"{area}.out", "w") as out, open(f"{area}.err", "w") as err:
+        proc = subprocess.Popen(command, stdout=out, stderr=err, env=env, cwd=scratch, start_new_session=True)
+    proc.area = area  # type: ignore[attr-defined]
+    return proc
+
+
+def test_each_bundle_runs_with_its_execution_settings(tmp_path: Path) -> None:
+    camp = _campaign(tmp_path, CHAIN3, n=3, max_quanta=3)
+    files = camp.bundle_files()
+    settings = [
+        {"processes": 1, "memory_per_worker": "8GiB"},
+        {"processes": None, "memory_per_worker": "1MiB"},  # the slot's cores; a budget nothing fits
+        {"processes": 0},  # the pilot's own process: 1 worker under pilot start
+    ]
+    assert len(files) == len(settings)
+    for path, execution in zip(files, settings, strict=True):
+        document = json.loads(path.read_text())
+        document["execution"].update(execution)
+        path.write_text(json.dumps(document))
+    with serve(camp.bundles_dir, camp.repo, "--max-attempts", "1") as url:
+        proc = _start_in_slot(url, tmp_path / "slot", 2, "--idle-timeout", "2")
+        code, stdout, stderr = _finish(proc)
+        assert code == ExitCode.SUCCESS, stderr
+        assert "2 cores, 8192 MB (machine-ad)" in stderr
+        assert "running it on 1 worker" in stderr
+        assert _status(url).bundles == {"queued": 0, "running": 0, "done": 2, "failed": 1}
+    one, tiny, zero = (read_report(tmp_path / "slot" / "pilot", path.stem) for path in files)
+    assert one["processes"] == 1 and one["counts"]["succeeded"] == 3
+    assert zero["processes"] == 1 and zero["counts"]["succeeded"] == 3
+    assert tiny["processes"] == 2
+    by_label = {q["task_label"]: q for q in tiny["quanta"]}
+    assert by_label["isr"]["status"] == "failed"
+    assert by_label["isr"]["exception_type"] == "pilot.MemoryLimitExceeded"
+    assert by_label["isr"]["exception_message"].startswith("memory: worker RSS")
+    assert "exceeded --memory-per-worker 1 MiB" in by_label["isr"]["exception_message"]
+    assert by_label["calibrate"]["status"] == by_label["measure"]["status"] == "blocked"

@@ -25,8 +25,8 @@ from pathlib import Path
 
 from lsst.resources import ResourcePath
 
-from ..bundle_model import Bundle, write_bundle
-from ..errors import PilotError
+from ..bundle_model import Bundle, ExecutionSpec, write_bundle
+from ..errors import BundleError, PilotError
 from ..executor.worker_pool import WorkerPool
 from ..exit_codes import ExitCode
 from ..interruption import StopRequest
@@ -34,7 +34,7 @@ from ..protocol import Heartbeat, Lease, Release, Report
 from ..protocol import Slot as SlotMessage
 from ..report import BundleReport, QuantumResult
 from ..runner import run_bundle
-from ..slot import Slot
+from ..slot import Slot, parse_size
 from .client import LeaseGone, SchedulerClient
 
 _LOG = logging.getLogger(__name__)
@@ -55,6 +55,10 @@ class StartOptions:
     reserve_seconds: float = 120.0
     """Walltime kept back from each claim for drain and stage-out."""
     keep_workspaces: bool = False
+    processes: int | None = None
+    """``--processes``: workers for every bundle, whatever it asks (at most the slot's cores)."""
+    memory_per_worker: str | None = None
+    """``--memory-per-worker``: RSS budget of each worker for every bundle, whatever it asks."""
 
 
 @dataclasses.dataclass
@@ -152,12 +156,51 @@ class _Ran:
     lease_lost: bool
 
 
+def start_pool_size(slot: Slot, processes: int | None) -> int:
+    """Workers ``pilot start`` begins with: ``processes`` (0: none) else the slot's cores, at most those."""
+    if processes == 0:
+        return 0
+    return min(processes if processes is not None else slot.cores, slot.cores)
+
+
+def pool_settings(
+    execution: ExecutionSpec, cores: int, processes: int | None, memory_per_worker: str | None
+) -> tuple[int, int | None]:
+    """Return ``(workers, memory limit in bytes or None)`` for a bundle on a pool of worker processes.
+
+    Workers: ``processes`` (the command line) if given, else the bundle's
+    ``execution.processes``, else ``cores``; never more than ``cores``, and 1 for a
+    bundle asking for 0 (in the pilot's process): the pilot does not run quanta in its
+    own process next to its pool.  The memory budget: ``memory_per_worker`` if given,
+    else the bundle's, else none.
+
+    Raises
+    ------
+    BundleError
+        The memory budget is not a size.
+    """
+    wanted = processes if processes is not None else execution.processes
+    workers = cores if wanted is None else min(wanted, cores)
+    if wanted is not None and wanted > cores:
+        _LOG.warning("%d worker processes asked for; the slot has %d cores: using %d.", wanted, cores, cores)
+    if workers == 0:
+        _LOG.warning("The bundle asks for 0 processes (in the pilot's process); running it on 1 worker.")
+        workers = 1
+    budget = memory_per_worker or execution.memory_per_worker
+    try:
+        return workers, parse_size(budget) if budget else None
+    except ValueError as err:
+        raise BundleError(f"memory_per_worker: {err}") from None
+
+
 def start_pilot(
     client: SchedulerClient, slot: Slot, pool: WorkerPool | None, options: StartOptions, stop: StopRequest
 ) -> PilotSummary:
     """Claim and run bundles until idle, end of life or a drain signal; return what happened.
 
-    ``stop`` is the `StopRequest` the drain signals set (see `DRAIN_SIGNALS`).
+    ``stop`` is the `StopRequest` the drain signals set (see `DRAIN_SIGNALS`).  Each
+    bundle runs on ``pool`` resized to the bundle's settings (see `pool_settings`);
+    without a pool (``--processes 0``) every bundle runs in this process.
 
     Raises
     ------
@@ -265,6 +308,7 @@ class _Pilot:
         report: BundleReport | None = None
         failure: PilotError | None = None
         try:
+            self._fit_pool(claimed.bundle)
             report = run_bundle(
                 claimed.path,
                 self.options.area,
@@ -279,6 +323,23 @@ class _Pilot:
         finally:
             beats.close()
         return _Ran(report, failure, beats.lost)
+
+    def _fit_pool(self, bundle: Bundle) -> None:
+        """Resize the pool and set its memory budget for ``bundle`` (see `pool_settings`)."""
+        if self.pool is None:
+            return
+        workers, limit = pool_settings(
+            bundle.execution, self.slot.cores, self.options.processes, self.options.memory_per_worker
+        )
+        if workers != self.pool.size:
+            _LOG.info(
+                "Bundle %s: resizing the pool from %d to %d workers.",
+                bundle.bundle_id,
+                self.pool.size,
+                workers,
+            )
+            self.pool.resize(workers)
+        self.pool.memory_limit = limit
 
 
 def _slot_message(slot: Slot, left: float | None, options: StartOptions) -> SlotMessage:
