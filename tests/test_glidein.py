@@ -252,3 +252,26 @@ def test_each_bundle_runs_with_its_execution_settings(tmp_path: Path) -> None:
     assert by_label["isr"]["exception_message"].startswith("memory: worker RSS")
     assert "exceeded --memory-per-worker 1 MiB" in by_label["isr"]["exception_message"]
     assert by_label["calibrate"]["status"] == by_label["measure"]["status"] == "blocked"
+
+
+def test_status_shows_the_running_bundles_progress(tmp_path: Path) -> None:
+    slow = tuple(TaskSpec(spec.label, spec.input, spec.output, sleep=2.0) for spec in SLOW_CHAIN)
+    camp = _campaign(tmp_path, slow, n=2, max_quanta=6)
+    (bundle,) = camp.bundle_files()
+    with serve(camp.bundles_dir, camp.repo, "--lease-ttl", "6") as url:
+        proc = _start(url, tmp_path / "pilot", "--idle-timeout", "2")
+
+        def progressing():  # type: ignore[no-untyped-def]
+            for entry in _status(url).pilots:
+                progress = entry.progress
+                if progress is not None and progress.quanta_done >= 1 and progress.quanta_running == 1:
+                    return entry
+            return None
+
+        seen = wait_for(progressing, "a heartbeat with quanta done and one running")
+        assert seen.bundle_id == bundle.stem and seen.last_heartbeat is not None
+        assert seen.progress.quanta_failed == 0 and seen.progress.quanta_done < 6
+        code, stdout, stderr = _finish(proc)
+        assert code == ExitCode.SUCCESS, stderr
+        (after,) = _status(url).pilots
+        assert after.bundle_id is None and after.progress is None

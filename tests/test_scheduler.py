@@ -15,7 +15,7 @@ from lsst.pipe.base.quantum_graph import PredictedQuantumGraph
 
 from pilot.exit_codes import ExitCode
 from pilot.glidein.client import LeaseGone, SchedulerAuthError, SchedulerClient
-from pilot.protocol import SCHEMA_DIR, Heartbeat, Release, Report, Slot, json_schemas
+from pilot.protocol import SCHEMA_DIR, Heartbeat, Progress, Release, Report, Slot, json_schemas
 from pilot.scheduler import tables
 from pilot.scheduler.store import BundleRow, QueueStore
 from pilot.staging.stage_out import Manifest
@@ -99,6 +99,25 @@ def test_unreachable_scheduler_exit_code() -> None:
     with pytest.raises(Exception, match="unreachable") as err:
         c.status()
     assert err.value.exit_code == ExitCode.SCHEDULER_UNREACHABLE  # type: ignore[attr-defined]
+
+
+def test_status_shows_each_pilots_progress(tmp_path: Path) -> None:
+    quanta = write_bundles(tmp_path / "bundles", {"a": {"n": 5}, "b": {}})
+    with serve(tmp_path / "bundles", tmp_path / "dbb") as url:
+        c = client(url)
+        first = c.claim("p1", SLOT)
+        c.claim("p2", SLOT)
+        c.heartbeat(first.lease.lease_id, Heartbeat(quanta_done=2, quanta_failed=1, quanta_running=1))
+        by_pilot = {p.pilot_id: p for p in c.status().pilots}
+        assert by_pilot["p1"].bundle_id == "a" and by_pilot["p1"].last_heartbeat is not None
+        assert by_pilot["p1"].progress == Progress(quanta_done=2, quanta_failed=1, quanta_running=1)
+        assert by_pilot["p2"].bundle_id == "b" and by_pilot["p2"].progress is None  # no heartbeat yet
+        c.report(
+            first.lease.lease_id,
+            Report(status="succeeded", exit_code=0, succeeded_quantum_ids=quanta["a"], staged=False),
+        )
+        p1 = next(p for p in c.status().pilots if p.pilot_id == "p1")
+        assert p1.bundle_id is None and p1.progress is None
 
 
 def test_bundles_go_to_slots_they_fit(tmp_path: Path) -> None:

@@ -78,10 +78,15 @@ def default_pilot_id() -> str:
 
 
 class _Progress:
-    """Quanta finished in the running bundle, for heartbeats (updated from the run's callback)."""
+    """Quanta of the running bundle, for heartbeats (updated from the run's callback).
 
-    def __init__(self) -> None:
+    ``running`` counts the quanta handed to a worker and not finished (the pool knows);
+    in the pilot's own process (``--processes 0``) it is not known and sent as 0.
+    """
+
+    def __init__(self, running: Callable[[], int]) -> None:
         self._lock = threading.Lock()
+        self._running = running
         self.done: list[uuid.UUID] = []
         self.failed = 0
 
@@ -95,7 +100,10 @@ class _Progress:
     def heartbeat(self) -> Heartbeat:
         with self._lock:
             return Heartbeat(
-                quanta_done=len(self.done), quanta_failed=self.failed, finished_quantum_ids=list(self.done)
+                quanta_done=len(self.done),
+                quanta_failed=self.failed,
+                quanta_running=self._running(),
+                finished_quantum_ids=list(self.done),
             )
 
 
@@ -294,8 +302,9 @@ class _Pilot:
         self.idle_since = time.monotonic()
 
     def _run(self, claimed: _Claimed) -> _Ran:
-        """Run the bundle, heartbeating its lease meanwhile."""
-        progress = _Progress()
+        """Run the bundle on the pool sized for it, heartbeating its lease meanwhile."""
+        pool = self.pool
+        progress = _Progress(running=(lambda: pool.running) if pool is not None else (lambda: 0))
         beats = _Heartbeats(
             self.client,
             claimed.lease.lease_id,
@@ -312,7 +321,7 @@ class _Pilot:
             report = run_bundle(
                 claimed.path,
                 self.options.area,
-                pool=self.pool,
+                pool=pool,
                 stop=self.stop,
                 grace=self.options.grace,
                 site=self.slot.site,

@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 import sqlalchemy as sa
 
-from ..protocol import FinishResponse, PilotStatus, Slot, StatusResponse
+from ..protocol import FinishResponse, PilotStatus, Progress, Slot, StatusResponse
 from .errors import LeaseGone, LeaseNotFound
 from .fit import fits
 from .tables import bundles, deps, leases, metadata, pilots
@@ -348,7 +348,7 @@ class QueueStore:
                 ).all()
             )
             rows = conn.execute(
-                sa.select(pilots, leases.c.bundle_id)
+                sa.select(pilots, leases.c.bundle_id, leases.c.progress)
                 .outerjoin(leases, leases.c.lease_id == pilots.c.lease_id)
                 .order_by(pilots.c.pilot_id)
             ).all()
@@ -362,6 +362,7 @@ class QueueStore:
                     last_seen=iso(row.last_seen),
                     last_heartbeat=None if row.last_heartbeat is None else iso(row.last_heartbeat),
                     bundle_id=row.bundle_id,
+                    progress=None if row.progress is None else Progress.model_validate_json(row.progress),
                 )
                 for row in rows
             ],
