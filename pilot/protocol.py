@@ -120,11 +120,18 @@ class FinishResponse(_Message):
     bundle_id: str
     state: Literal["done", "failed"]
     remainder_bundle_id: str | None = pydantic.Field(
-        default=None, description="The new bundle holding the quanta that neither succeeded nor failed."
+        default=None,
+        description="The new bundle holding the re-queued quanta: those that neither succeeded nor "
+        "failed and, while the bundle has attempts left, the failed ones.",
     )
-    requeued_quanta: int = 0
+    requeued_quanta: int = pydantic.Field(default=0, description="Quanta in the remainder bundle.")
     abandoned_quanta: int = pydantic.Field(
         default=0, description="Unfinished quanta not re-queued: their bundle used up its attempts."
+    )
+    failed_quanta: int = pydantic.Field(
+        default=0,
+        description="Failed quanta (with those they blocked) left failed: their bundle used up its "
+        "attempts, or they failed in a released bundle.",
     )
     ingest: Literal["queued", "not_staged"]
 

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 from conftest import (
     CHAIN3,
     TOKEN,
@@ -21,7 +22,12 @@ from conftest import (
     serve,
     wait_for,
 )
+from lsst.daf.butler import Butler, DatasetType
+from lsst.pipe.base.all_dimensions_quantum_graph_builder import AllDimensionsQuantumGraphBuilder
+from lsst.pipe.base.pipeline_graph import PipelineGraph
 
+from pilot.demo.campaign import create_dbb
+from pilot.demo.probe_tasks import PayloadConfig, PayloadTask
 from pilot.exit_codes import ExitCode
 from pilot.glidein.client import SchedulerClient
 from pilot.protocol import StatusResponse
@@ -252,6 +258,81 @@ def test_each_bundle_runs_with_its_execution_settings(tmp_path: Path) -> None:
     assert by_label["isr"]["exception_message"].startswith("memory: worker RSS")
     assert "exceeded --memory-per-worker 1 MiB" in by_label["isr"]["exception_message"]
     assert by_label["calibrate"]["status"] == by_label["measure"]["status"] == "blocked"
+
+
+def _probe_campaign(root: Path, n: int, fail_count_file: str) -> Campaign:
+    """A DBB of NumpyArray raws and a t0 → t1 chain of the project's PayloadTask, bundled in one bundle."""
+    repo = root / "dbb"
+    create_dbb(repo, n)
+    with Butler.from_config(str(repo), writeable=True, run="raw/run") as butler:
+        butler.registry.registerDatasetType(
+            DatasetType("raw", ["instrument", "detector"], "NumpyArray", universe=butler.dimensions)
+        )
+        for detector in range(n):
+            butler.put(np.zeros(16), "raw", instrument="DemoCam", detector=detector)
+        pipeline = PipelineGraph()
+        for index, (source, target) in enumerate([("raw", "mid"), ("mid", "final")]):
+            config = PayloadConfig()
+            config.connections.inputName = source
+            config.connections.outputName = target
+            config.fail_count_file = fail_count_file if index == 0 else ""
+            pipeline.add_task(f"t{index}", PayloadTask, config)
+        builder = AllDimensionsQuantumGraphBuilder(
+            pipeline, butler, input_collections=["raw/run"], output_run="probe/run"
+        )
+        builder.finish(attach_datastore_records=True).write(str(root / "graph.qg"))
+    camp = Campaign(root, repo, root / "graph.qg", "probe/run")
+    result = pilot("bundle", camp.qgraph, "--repo", camp.repo, "--out", camp.bundles_dir)
+    assert result.returncode == 0, result.stderr
+    return camp
+
+
+def _tries(area: Path) -> dict[tuple[str, int], list[str]]:
+    """Outcomes of every run of each (task, detector) in a work area, from the bundles' journals."""
+    tries: dict[tuple[str, int], list[str]] = {}
+    for journal in area.glob("*/journal.jsonl"):
+        for line in journal.read_text().splitlines():
+            result = json.loads(line)["result"]
+            key = (result["task_label"], result["data_id"]["detector"])
+            tries.setdefault(key, []).append(result["status"])
+    return {key: sorted(outcomes) for key, outcomes in tries.items()}
+
+
+def test_failed_quanta_are_retried_until_max_attempts(tmp_path: Path) -> None:
+    fail_counts = tmp_path / "fail-counts"
+    fail_counts.mkdir()
+    (fail_counts / "0").write_text("1\n")  # detector 0's t0 fails on its first attempt only
+    (fail_counts / "1").write_text("100\n")  # detector 1's t0 always fails
+    camp = _probe_campaign(tmp_path, 2, str(fail_counts / "{detector}"))
+    (bundle,) = camp.bundle_files()
+    with serve(camp.bundles_dir, camp.repo, "--max-attempts", "3") as url:
+        proc = _start(url, tmp_path / "pilot", "--idle-timeout", "2")
+        code, stdout, stderr = _finish(proc)
+        assert code == ExitCode.SUCCESS, stderr
+        status = wait_for(lambda: (s := _status(url)).ingest["pending"] == 0 and s, "every ingest")
+        # The bundle and its first remainder handed their failures on; the last attempt keeps them.
+        assert status.bundles == {"queued": 0, "running": 0, "done": 2, "failed": 1}
+        assert status.ingest == {"pending": 0, "done": 3, "failed": 0}
+    remainders = sorted(path.stem for path in (camp.bundles_dir / "remainders").glob("*.json"))
+    assert remainders == [f"{bundle.stem}-r1", f"{bundle.stem}-r2"]
+    assert _tries(tmp_path / "pilot") == {
+        ("t0", 0): ["failed", "succeeded"],
+        ("t1", 0): ["succeeded"],
+        ("t0", 1): ["failed", "failed", "failed"],  # max_attempts tries; its t1 was blocked each time
+    }
+    assert (fail_counts / "1").read_text().strip() == "97"
+    registered = camp.datasets_in_run()
+    assert len(registered) == len(set(registered))
+    outputs = sorted((name, data_id) for name, data_id in registered if name in ("mid", "final"))
+    assert [name for name, _ in outputs] == ["final", "mid"]  # detector 0's, once each
+    assert all("detector: 0" in data_id for _, data_id in outputs), outputs
+    # The DBB holds the log of each quantum's last attempt.
+    with Butler.from_config(str(camp.repo)) as butler:
+        logs = {
+            d: butler.get("t0_log", instrument="DemoCam", detector=d, collections="probe/run") for d in (0, 1)
+        }
+    assert not any("failing as" in record.message for record in logs[0])
+    assert any("97 more failures to come" in record.message for record in logs[1])
 
 
 def test_status_shows_the_running_bundles_progress(tmp_path: Path) -> None:

@@ -120,6 +120,44 @@ def test_status_shows_each_pilots_progress(tmp_path: Path) -> None:
         assert p1.bundle_id is None and p1.progress is None
 
 
+def test_failed_quanta_are_retried_until_max_attempts(tmp_path: Path) -> None:
+    ids = write_bundles(tmp_path / "bundles", {"a": {"n": 4}})["a"]
+    with serve(tmp_path / "bundles", tmp_path / "dbb", "--max-attempts", "2") as url:
+        c = client(url)
+        first = c.claim("p1", SLOT)
+        # ids[0] failed and blocked ids[1]; ids[2] succeeded; ids[3] was not run.
+        answer = c.report(
+            first.lease.lease_id,
+            Report(
+                status="partial",
+                exit_code=10,
+                succeeded_quantum_ids=ids[2:3],
+                failed_quantum_ids=ids[:2],
+                staged=False,
+            ),
+        )
+        assert (answer.state, answer.remainder_bundle_id) == ("done", "a-r1")
+        assert (answer.requeued_quanta, answer.failed_quanta, answer.abandoned_quanta) == (3, 0, 0)
+        second = c.claim("p1", SLOT)
+        assert second.bundle["bundle_id"] == "a-r1"
+        assert second.bundle["quantum_ids"] == [ids[0], ids[1], ids[3]]
+        # The second attempt is the last: what fails now stays failed.
+        last = c.report(
+            second.lease.lease_id,
+            Report(
+                status="partial",
+                exit_code=10,
+                succeeded_quantum_ids=ids[3:],
+                failed_quantum_ids=ids[:2],
+                staged=False,
+            ),
+        )
+        assert (last.state, last.remainder_bundle_id) == ("failed", None)
+        assert (last.requeued_quanta, last.failed_quanta, last.abandoned_quanta) == (0, 2, 0)
+        assert c.claim("p1", SLOT).no_work
+        assert c.status().bundles == {"queued": 0, "running": 0, "done": 1, "failed": 1}
+
+
 def test_bundles_go_to_slots_they_fit(tmp_path: Path) -> None:
     write_bundles(
         tmp_path / "bundles",
