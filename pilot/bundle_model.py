@@ -116,6 +116,11 @@ class ResourceEstimate(_Strict):
 
     cores: int = pydantic.Field(default=1, ge=1, description="Cores it runs best on.")
     memory_mb: int | None = pydantic.Field(default=None, ge=0, description="Peak memory of the job.")
+    disk_mb: int | None = pydantic.Field(
+        default=None,
+        ge=0,
+        description="Scratch disk the job fills (inputs, outputs and their zip); null = unknown.",
+    )
     seconds: float | None = pydantic.Field(
         default=None, ge=0, description="Estimated wall time on ``cores`` cores."
     )

@@ -324,9 +324,12 @@ def serve(
     "--processes",
     type=click.IntRange(0),
     default=None,
-    help="Warm worker processes (default: the slot's cores); 0 runs quanta in the pilot.",
+    help="Warm worker processes for every bundle (default: the bundle's setting, else the slot's "
+    "cores; never more than the cores); 0 runs quanta in the pilot.",
 )
-@click.option("--memory-per-worker", default=None, help="RSS budget per worker, e.g. 2GiB.")
+@click.option(
+    "--memory-per-worker", default=None, help="RSS budget per worker, e.g. 2GiB (default: the bundle's)."
+)
 @click.option("--pilot-id", default=None, help="Name reported to the scheduler (default: host-pid-random).")
 @click.option("--keep-workspaces", is_flag=True, help="Keep each bundle's workspace after reporting it.")
 def start(
@@ -349,7 +352,7 @@ def start(
     from .bundle_model import ExecutionSpec
     from .executor.worker_pool import pool_for
     from .glidein.client import SchedulerClient, token_from
-    from .glidein.loop import DRAIN_SIGNALS, StartOptions, default_pilot_id, start_pilot
+    from .glidein.loop import DRAIN_SIGNALS, StartOptions, default_pilot_id, start_pilot, start_pool_size
     from .slot import detect_slot
     from .workspace import pilot_area
 
@@ -357,7 +360,8 @@ def start(
         slot = detect_slot(lifetime)
         client = SchedulerClient(scheduler_url, token_from(token_file))  # no network I/O yet
         area = pilot_area(workspace)
-        workers = processes if processes is not None else slot.cores
+        # Sized again for each bundle (its execution settings, the options win), never over the cores.
+        workers = start_pool_size(slot, processes)
         pool = pool_for(ExecutionSpec(), workers, memory_per_worker)
         options = StartOptions(
             area=area,
@@ -365,6 +369,8 @@ def start(
             grace=grace,
             idle_timeout=idle_timeout,
             keep_workspaces=keep_workspaces,
+            processes=processes,
+            memory_per_worker=memory_per_worker,
         )
         click.echo(
             f"pilot {options.pilot_id}: {slot.cores} cores, {slot.memory_mb} MB ({slot.source}), "

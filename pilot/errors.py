@@ -62,7 +62,7 @@ class PluginError(ConfigError):
     """
 
 
-class PluginNotFound(PluginError):
+class PluginNotFound(PluginError, LookupError):
     """No installed plugin has the name (activators) or serves the URI scheme (stagers) asked for."""
 
 

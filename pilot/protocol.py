@@ -70,12 +70,19 @@ class ClaimResponse(_Message):
         return self
 
 
-class Heartbeat(_Message):
+class Progress(_Message):
+    """Quanta of the bundle a pilot is running, as its last heartbeat counted them."""
+
+    quanta_done: int = pydantic.Field(default=0, ge=0, description="Quanta that succeeded (not yet staged).")
+    quanta_failed: int = pydantic.Field(default=0, ge=0, description="Quanta that failed.")
+    quanta_running: int = pydantic.Field(
+        default=0, ge=0, description="Quanta started (handed to a worker) and not finished."
+    )
+
+
+class Heartbeat(Progress):
     """``POST /v1/leases/{lease_id}/heartbeat``: progress; extends the lease."""
 
-    quanta_done: int = pydantic.Field(default=0, ge=0)
-    quanta_failed: int = pydantic.Field(default=0, ge=0)
-    quanta_running: int = pydantic.Field(default=0, ge=0)
     finished_quantum_ids: list[uuid.UUID] | None = pydantic.Field(
         default=None, description="Quanta finished so far (informational: only a final report counts)."
     )
@@ -113,11 +120,18 @@ class FinishResponse(_Message):
     bundle_id: str
     state: Literal["done", "failed"]
     remainder_bundle_id: str | None = pydantic.Field(
-        default=None, description="The new bundle holding the quanta that neither succeeded nor failed."
+        default=None,
+        description="The new bundle holding the re-queued quanta: those that neither succeeded nor "
+        "failed and, while the bundle has attempts left, the failed ones.",
     )
-    requeued_quanta: int = 0
+    requeued_quanta: int = pydantic.Field(default=0, description="Quanta in the remainder bundle.")
     abandoned_quanta: int = pydantic.Field(
         default=0, description="Unfinished quanta not re-queued: their bundle used up its attempts."
+    )
+    failed_quanta: int = pydantic.Field(
+        default=0,
+        description="Failed quanta (with those they blocked) left failed: their bundle used up its "
+        "attempts, or they failed in a released bundle.",
     )
     ingest: Literal["queued", "not_staged"]
 
@@ -129,6 +143,11 @@ class PilotStatus(_Message):
     last_seen: str
     last_heartbeat: str | None
     bundle_id: str | None = pydantic.Field(description="Bundle it holds a lease on, if any.")
+    progress: Progress | None = pydantic.Field(
+        default=None,
+        description="That bundle's quanta as of the last heartbeat for it; null before the first "
+        "heartbeat or without a lease.",
+    )
 
 
 class StatusResponse(_Message):

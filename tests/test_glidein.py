@@ -10,16 +10,24 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 from conftest import (
+    CHAIN3,
     TOKEN,
     Campaign,
     TaskSpec,
     make_campaign,
     pilot,
+    read_report,
     serve,
     wait_for,
 )
+from lsst.daf.butler import Butler, DatasetType
+from lsst.pipe.base.all_dimensions_quantum_graph_builder import AllDimensionsQuantumGraphBuilder
+from lsst.pipe.base.pipeline_graph import PipelineGraph
 
+from pilot.demo.campaign import create_dbb
+from pilot.demo.probe_tasks import PayloadConfig, PayloadTask
 from pilot.exit_codes import ExitCode
 from pilot.glidein.client import SchedulerClient
 from pilot.protocol import StatusResponse
@@ -201,3 +209,150 @@ def test_short_lived_pilot_gets_no_long_bundle(tmp_path: Path) -> None:
         assert code == ExitCode.SUCCESS, stderr
         assert "no work for" in stdout and ": 0 bundles" in stdout.replace("; 0 bundles", ": 0 bundles")
         assert _status(url).bundles["queued"] == 1
+
+
+def _start_in_slot(url: str, scratch: Path, cores: int, *args: str) -> subprocess.Popen:
+    """Start ``pilot start`` without --processes in a fake HTCondor slot; its work area is scratch/pilot."""
+    scratch.mkdir()
+    token = scratch / "pilot.token"
+    token.write_text(TOKEN + "\n")
+    ad = scratch / ".machine.ad"
+    ad.write_text(f"Cpus = {cores}\nMemory = 8192\nDisk = 10000000\n")
+    env = {**os.environ, "_CONDOR_SCRATCH_DIR": str(scratch), "_CONDOR_MACHINE_AD": str(ad)}
+    command = [sys.executable, "-m", "pilot.cli", "start", "--scheduler", url, "--token-file", str(token)]
+    command += ["--keep-workspaces", *args]
+    area = scratch / "pilot"
+    with open(f"{area}.out", "w") as out, open(f"{area}.err", "w") as err:
+        proc = subprocess.Popen(command, stdout=out, stderr=err, env=env, cwd=scratch, start_new_session=True)
+    proc.area = area  # type: ignore[attr-defined]
+    return proc
+
+
+def test_each_bundle_runs_with_its_execution_settings(tmp_path: Path) -> None:
+    camp = _campaign(tmp_path, CHAIN3, n=3, max_quanta=3)
+    files = camp.bundle_files()
+    settings = [
+        {"processes": 1, "memory_per_worker": "8GiB"},
+        {"processes": None, "memory_per_worker": "1MiB"},  # the slot's cores; a budget nothing fits
+        {"processes": 0},  # the pilot's own process: 1 worker under pilot start
+    ]
+    assert len(files) == len(settings)
+    for path, execution in zip(files, settings, strict=True):
+        document = json.loads(path.read_text())
+        document["execution"].update(execution)
+        path.write_text(json.dumps(document))
+    with serve(camp.bundles_dir, camp.repo, "--max-attempts", "1") as url:
+        proc = _start_in_slot(url, tmp_path / "slot", 2, "--idle-timeout", "2")
+        code, stdout, stderr = _finish(proc)
+        assert code == ExitCode.SUCCESS, stderr
+        assert "2 cores, 8192 MB (machine-ad)" in stderr
+        assert "running it on 1 worker" in stderr
+        assert _status(url).bundles == {"queued": 0, "running": 0, "done": 2, "failed": 1}
+    one, tiny, zero = (read_report(tmp_path / "slot" / "pilot", path.stem) for path in files)
+    assert one["processes"] == 1 and one["counts"]["succeeded"] == 3
+    assert zero["processes"] == 1 and zero["counts"]["succeeded"] == 3
+    assert tiny["processes"] == 2
+    by_label = {q["task_label"]: q for q in tiny["quanta"]}
+    assert by_label["isr"]["status"] == "failed"
+    assert by_label["isr"]["exception_type"] == "pilot.MemoryLimitExceeded"
+    assert by_label["isr"]["exception_message"].startswith("memory: worker RSS")
+    assert "exceeded --memory-per-worker 1 MiB" in by_label["isr"]["exception_message"]
+    assert by_label["calibrate"]["status"] == by_label["measure"]["status"] == "blocked"
+
+
+def _probe_campaign(root: Path, n: int, fail_count_file: str) -> Campaign:
+    """A DBB of NumpyArray raws and a t0 → t1 chain of the project's PayloadTask, bundled in one bundle."""
+    repo = root / "dbb"
+    create_dbb(repo, n)
+    with Butler.from_config(str(repo), writeable=True, run="raw/run") as butler:
+        butler.registry.registerDatasetType(
+            DatasetType("raw", ["instrument", "detector"], "NumpyArray", universe=butler.dimensions)
+        )
+        for detector in range(n):
+            butler.put(np.zeros(16), "raw", instrument="DemoCam", detector=detector)
+        pipeline = PipelineGraph()
+        for index, (source, target) in enumerate([("raw", "mid"), ("mid", "final")]):
+            config = PayloadConfig()
+            config.connections.inputName = source
+            config.connections.outputName = target
+            config.fail_count_file = fail_count_file if index == 0 else ""
+            pipeline.add_task(f"t{index}", PayloadTask, config)
+        builder = AllDimensionsQuantumGraphBuilder(
+            pipeline, butler, input_collections=["raw/run"], output_run="probe/run"
+        )
+        builder.finish(attach_datastore_records=True).write(str(root / "graph.qg"))
+    camp = Campaign(root, repo, root / "graph.qg", "probe/run")
+    result = pilot("bundle", camp.qgraph, "--repo", camp.repo, "--out", camp.bundles_dir)
+    assert result.returncode == 0, result.stderr
+    return camp
+
+
+def _tries(area: Path) -> dict[tuple[str, int], list[str]]:
+    """Outcomes of every run of each (task, detector) in a work area, from the bundles' journals."""
+    tries: dict[tuple[str, int], list[str]] = {}
+    for journal in area.glob("*/journal.jsonl"):
+        for line in journal.read_text().splitlines():
+            result = json.loads(line)["result"]
+            key = (result["task_label"], result["data_id"]["detector"])
+            tries.setdefault(key, []).append(result["status"])
+    return {key: sorted(outcomes) for key, outcomes in tries.items()}
+
+
+def test_failed_quanta_are_retried_until_max_attempts(tmp_path: Path) -> None:
+    fail_counts = tmp_path / "fail-counts"
+    fail_counts.mkdir()
+    (fail_counts / "0").write_text("1\n")  # detector 0's t0 fails on its first attempt only
+    (fail_counts / "1").write_text("100\n")  # detector 1's t0 always fails
+    camp = _probe_campaign(tmp_path, 2, str(fail_counts / "{detector}"))
+    (bundle,) = camp.bundle_files()
+    with serve(camp.bundles_dir, camp.repo, "--max-attempts", "3") as url:
+        proc = _start(url, tmp_path / "pilot", "--idle-timeout", "2")
+        code, stdout, stderr = _finish(proc)
+        assert code == ExitCode.SUCCESS, stderr
+        status = wait_for(lambda: (s := _status(url)).ingest["pending"] == 0 and s, "every ingest")
+        # The bundle and its first remainder handed their failures on; the last attempt keeps them.
+        assert status.bundles == {"queued": 0, "running": 0, "done": 2, "failed": 1}
+        assert status.ingest == {"pending": 0, "done": 3, "failed": 0}
+    remainders = sorted(path.stem for path in (camp.bundles_dir / "remainders").glob("*.json"))
+    assert remainders == [f"{bundle.stem}-r1", f"{bundle.stem}-r2"]
+    assert _tries(tmp_path / "pilot") == {
+        ("t0", 0): ["failed", "succeeded"],
+        ("t1", 0): ["succeeded"],
+        ("t0", 1): ["failed", "failed", "failed"],  # max_attempts tries; its t1 was blocked each time
+    }
+    assert (fail_counts / "1").read_text().strip() == "97"
+    registered = camp.datasets_in_run()
+    assert len(registered) == len(set(registered))
+    outputs = sorted((name, data_id) for name, data_id in registered if name in ("mid", "final"))
+    assert [name for name, _ in outputs] == ["final", "mid"]  # detector 0's, once each
+    assert all("detector: 0" in data_id for _, data_id in outputs), outputs
+    # The DBB holds the log of each quantum's last attempt.
+    with Butler.from_config(str(camp.repo)) as butler:
+        logs = {
+            d: butler.get("t0_log", instrument="DemoCam", detector=d, collections="probe/run") for d in (0, 1)
+        }
+    assert not any("failing as" in record.message for record in logs[0])
+    assert any("97 more failures to come" in record.message for record in logs[1])
+
+
+def test_status_shows_the_running_bundles_progress(tmp_path: Path) -> None:
+    slow = tuple(TaskSpec(spec.label, spec.input, spec.output, sleep=2.0) for spec in SLOW_CHAIN)
+    camp = _campaign(tmp_path, slow, n=2, max_quanta=6)
+    (bundle,) = camp.bundle_files()
+    with serve(camp.bundles_dir, camp.repo, "--lease-ttl", "6") as url:
+        proc = _start(url, tmp_path / "pilot", "--idle-timeout", "2")
+
+        def progressing():  # type: ignore[no-untyped-def]
+            for entry in _status(url).pilots:
+                progress = entry.progress
+                if progress is not None and progress.quanta_done >= 1 and progress.quanta_running == 1:
+                    return entry
+            return None
+
+        seen = wait_for(progressing, "a heartbeat with quanta done and one running")
+        assert seen.bundle_id == bundle.stem and seen.last_heartbeat is not None
+        assert seen.progress.quanta_failed == 0 and seen.progress.quanta_done < 6
+        code, stdout, stderr = _finish(proc)
+        assert code == ExitCode.SUCCESS, stderr
+        (after,) = _status(url).pilots
+        assert after.bundle_id is None and after.progress is None

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import requests
+import sqlalchemy as sa
 from conftest import TOKEN, Campaign, _free_port, pilot, read_report, serve, wait_for
 from lsst.pipe.base.quantum_graph import PredictedQuantumGraph
 
@@ -17,7 +18,9 @@ import pilot.scheduler.errors as scheduler_errors
 from pilot.errors import LeaseGone, SchedulerRejected
 from pilot.exit_codes import ExitCode
 from pilot.glidein.client import SchedulerAuthError, SchedulerClient
-from pilot.protocol import SCHEMA_DIR, Heartbeat, Release, Report, Slot, json_schemas
+from pilot.protocol import SCHEMA_DIR, Heartbeat, Progress, Release, Report, Slot, json_schemas
+from pilot.scheduler import tables
+from pilot.scheduler.store import BundleRow, QueueStore
 from pilot.staging.area import Manifest
 
 
@@ -129,6 +132,63 @@ def test_client_and_scheduler_share_one_lease_gone() -> None:
     assert (LeaseGone.status, scheduler_errors.LeaseNotFound.status) == (410, 404)
 
 
+def test_status_shows_each_pilots_progress(tmp_path: Path) -> None:
+    quanta = write_bundles(tmp_path / "bundles", {"a": {"n": 5}, "b": {}})
+    with serve(tmp_path / "bundles", tmp_path / "dbb") as url:
+        c = client(url)
+        first = c.claim("p1", SLOT)
+        c.claim("p2", SLOT)
+        c.heartbeat(first.lease.lease_id, Heartbeat(quanta_done=2, quanta_failed=1, quanta_running=1))
+        by_pilot = {p.pilot_id: p for p in c.status().pilots}
+        assert by_pilot["p1"].bundle_id == "a" and by_pilot["p1"].last_heartbeat is not None
+        assert by_pilot["p1"].progress == Progress(quanta_done=2, quanta_failed=1, quanta_running=1)
+        assert by_pilot["p2"].bundle_id == "b" and by_pilot["p2"].progress is None  # no heartbeat yet
+        c.report(
+            first.lease.lease_id,
+            Report(status="succeeded", exit_code=0, succeeded_quantum_ids=quanta["a"], staged=False),
+        )
+        p1 = next(p for p in c.status().pilots if p.pilot_id == "p1")
+        assert p1.bundle_id is None and p1.progress is None
+
+
+def test_failed_quanta_are_retried_until_max_attempts(tmp_path: Path) -> None:
+    ids = write_bundles(tmp_path / "bundles", {"a": {"n": 4}})["a"]
+    with serve(tmp_path / "bundles", tmp_path / "dbb", "--max-attempts", "2") as url:
+        c = client(url)
+        first = c.claim("p1", SLOT)
+        # ids[0] failed and blocked ids[1]; ids[2] succeeded; ids[3] was not run.
+        answer = c.report(
+            first.lease.lease_id,
+            Report(
+                status="partial",
+                exit_code=10,
+                succeeded_quantum_ids=ids[2:3],
+                failed_quantum_ids=ids[:2],
+                staged=False,
+            ),
+        )
+        assert (answer.state, answer.remainder_bundle_id) == ("done", "a-r1")
+        assert (answer.requeued_quanta, answer.failed_quanta, answer.abandoned_quanta) == (3, 0, 0)
+        second = c.claim("p1", SLOT)
+        assert second.bundle["bundle_id"] == "a-r1"
+        assert second.bundle["quantum_ids"] == [ids[0], ids[1], ids[3]]
+        # The second attempt is the last: what fails now stays failed.
+        last = c.report(
+            second.lease.lease_id,
+            Report(
+                status="partial",
+                exit_code=10,
+                succeeded_quantum_ids=ids[3:],
+                failed_quantum_ids=ids[:2],
+                staged=False,
+            ),
+        )
+        assert (last.state, last.remainder_bundle_id) == ("failed", None)
+        assert (last.requeued_quanta, last.failed_quanta, last.abandoned_quanta) == (0, 2, 0)
+        assert c.claim("p1", SLOT).no_work
+        assert c.status().bundles == {"queued": 0, "running": 0, "done": 1, "failed": 1}
+
+
 def test_bundles_go_to_slots_they_fit(tmp_path: Path) -> None:
     write_bundles(
         tmp_path / "bundles",
@@ -152,6 +212,61 @@ def test_bundles_go_to_slots_they_fit(tmp_path: Path) -> None:
         assert c.claim("p", Slot(cores=4)).bundle["bundle_id"] == "hour"
         assert c.claim("p", Slot(cores=4)).no_work
         assert c.claim("p", Slot(cores=8, walltime_left_s=100)).bundle["bundle_id"] == "wide"
+
+
+def test_bundles_go_to_slots_with_disk_for_them(tmp_path: Path) -> None:
+    write_bundles(
+        tmp_path / "bundles",
+        {
+            "big": {"resources": {"disk_mb": 50_000, "seconds": 60}},
+            "small": {"resources": {"disk_mb": 2_000, "seconds": 60}},
+            "unknown": {"resources": {"seconds": 60}},
+        },
+    )
+    with serve(tmp_path / "bundles", tmp_path / "dbb") as url:
+        c = client(url)
+        small_disk = Slot(cores=4, memory_mb=8000, disk_mb=10_000)
+        assert c.claim("p", small_disk).bundle["bundle_id"] == "small"  # never the 50 GB bundle
+        assert c.claim("p", small_disk).bundle["bundle_id"] == "unknown"  # no estimate: no constraint
+        assert c.claim("p", small_disk).no_work
+        assert c.claim("p", Slot(cores=4)).bundle["bundle_id"] == "big"  # the slot's disk unknown
+
+
+def test_remainder_keeps_the_disk_estimate(tmp_path: Path) -> None:
+    quanta = write_bundles(tmp_path / "bundles", {"a": {"n": 4, "resources": {"disk_mb": 5_000}}})
+    with serve(tmp_path / "bundles", tmp_path / "dbb", "--lease-ttl", "600") as url:
+        c = client(url)
+        claim = c.claim("p1", SLOT)
+        c.release(claim.lease.lease_id, Release(staged=False))
+        assert c.claim("p2", Slot(cores=4, disk_mb=4_000)).no_work
+        rest = c.claim("p2", Slot(cores=4, disk_mb=6_000))
+        assert rest.bundle["bundle_id"] == "a-r1" and rest.bundle["quantum_ids"] == quanta["a"]
+        assert rest.bundle["resources"]["disk_mb"] == 5_000
+
+
+def test_queue_database_of_an_earlier_version_gains_the_disk_column(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'queue.sqlite3'}"
+    earlier = sa.MetaData()
+    for table in tables.metadata.sorted_tables:
+        columns = [
+            sa.Column(c.name, c.type, primary_key=c.primary_key, nullable=c.nullable)
+            for c in table.columns
+            if c.name != "disk_mb"
+        ]
+        sa.Table(table.name, earlier, *columns)
+    engine = sa.create_engine(url)
+    earlier.create_all(engine)
+    engine.dispose()
+    store = QueueStore(url)
+    try:
+        row = BundleRow("a", "file:///a.json", 3, 1, None, 60.0, "a", disk_mb=5_000)
+        assert store.add_bundle(row, [])
+        assert store.claim("p", Slot(cores=1, disk_mb=4_000), now=0.0, ttl=60) is None
+        claimed = store.claim("p", Slot(cores=1, disk_mb=6_000), now=0.0, ttl=60)
+        assert claimed is not None and claimed.bundle_id == "a"
+        assert store.bundle_row("a") == row
+    finally:
+        store.close()
 
 
 @pytest.mark.parametrize("store", ["sqlite", "postgresql"])

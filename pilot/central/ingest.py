@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 
-from lsst.daf.butler import Butler
+from lsst.daf.butler import Butler, DatasetRef
 from lsst.daf.butler.datastores.file_datastore.retrieve_artifacts import ZipIndex
 from lsst.resources import ResourcePath
 
@@ -18,6 +18,8 @@ from .dbb_init import open_dbb
 from .mock_storage import register_mock_storage_classes
 
 _LOG = logging.getLogger(__name__)
+
+_LOG_STORAGE_CLASS = "ButlerLogRecords"
 
 
 @dataclasses.dataclass
@@ -40,7 +42,8 @@ def ingest_committed(repo: str, staging: str | None = None) -> list[BundleIngest
     """Ingest every committed, not yet ingested bundle in the staging area.
 
     Idempotent: a bundle whose current attempt was ingested is skipped, and
-    datasets already registered (from an earlier attempt) are left as they are.
+    datasets already registered (from an earlier attempt) are left as they are,
+    but for the logs of quanta the scheduler retried: the retry's log replaces them.
     """
     bundles = area.committed_bundles(area.staging_root(repo, staging))
     if not bundles:
@@ -71,7 +74,11 @@ def _ingest_one(butler: Butler, bundle_dir: ResourcePath, manifest: Manifest) ->
                 dt.storageClass for dt in index.refs.dataset_types.values() if dt.storageClass
             )
             refs = index.refs.to_refs(universe=butler.dimensions)
-            present = sum(1 for ref in refs if butler.get_dataset(ref.id) is not None)
+            known = [ref for ref in refs if butler.get_dataset(ref.id) is not None]
+            if known and all(ref.datasetType.storageClass_name == _LOG_STORAGE_CLASS for ref in known):
+                _drop_earlier_logs(butler, known)
+                known = []
+            present = len(known)
             new = len(refs) - present
             if new:
                 butler.ingest_zip(zip_uri, transfer="copy", skip_existing=True)
@@ -85,3 +92,14 @@ def _ingest_one(butler: Butler, bundle_dir: ResourcePath, manifest: Manifest) ->
         raise DBBError(f"ingested bundle {manifest.bundle_id} but cannot mark it: {err}") from None
     _LOG.info("Bundle %s: %d new datasets, %d already present.", manifest.bundle_id, new, present)
     return BundleIngest(manifest.bundle_id, manifest.attempt, new, present, skipped=False)
+
+
+def _drop_earlier_logs(butler: Butler, logs: list[DatasetRef]) -> None:
+    """Remove from the DBB the logs an earlier attempt of retried quanta left there.
+
+    A failed quantum's log is staged and ingested with its bundle; when the scheduler
+    retries the quantum, the retry's zip holds the newer log under the same dataset ID
+    (and `Butler.ingest_zip` refuses a zip that partly overlaps the repository).
+    """
+    _LOG.info("Replacing %d logs of earlier attempts of retried quanta.", len(logs))
+    butler.pruneDatasets(logs, disassociate=True, unstore=True, purge=True)

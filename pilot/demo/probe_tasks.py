@@ -1,21 +1,26 @@
 """PipelineTasks that probe a slot: they sleep, allocate memory and write payloads of a set size.
 
 Used by the benchmarks and tests, and usable by a site to check what a slot
-sustains.  Each quantum reads one ``NumpyArray`` and writes one, per
-``(instrument, detector)``; chain them by naming one task's output as the next
-one's input (``config.connections.inputName`` / ``config.connections.outputName``).
+sustains (and, with ``fail_count_file``, what retries do).  Each quantum reads one
+``NumpyArray`` and writes one, per ``(instrument, detector)``; chain them by naming one
+task's output as the next one's input (``config.connections.inputName`` /
+``config.connections.outputName``).
 """
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import numpy as np
 from lsst.pex.config import Field
 from lsst.pipe.base import (
+    InputQuantizedConnection,
+    OutputQuantizedConnection,
     PipelineTask,
     PipelineTaskConfig,
     PipelineTaskConnections,
+    QuantumContext,
     Struct,
 )
 from lsst.pipe.base import connectionTypes as cT
@@ -46,6 +51,11 @@ class PayloadConfig(PipelineTaskConfig, pipelineConnections=PayloadConnections):
     allocate_bytes = Field[int](
         doc="Bytes to allocate and touch (held until the quantum ends), on top of the payload.", default=0
     )
+    fail_count_file = Field[str](
+        doc="File holding how many more times the quantum fails ('{detector}' is replaced by its "
+        "detector); each failure counts it down. Empty, missing or 0: the quantum runs normally.",
+        default="",
+    )
 
 
 class PayloadTask(PipelineTask):
@@ -54,6 +64,28 @@ class PayloadTask(PipelineTask):
     ConfigClass = PayloadConfig
     _DefaultName = "payload"
     config: PayloadConfig
+
+    def runQuantum(
+        self,
+        butlerQC: QuantumContext,
+        inputRefs: InputQuantizedConnection,
+        outputRefs: OutputQuantizedConnection,
+    ) -> None:
+        data_id = butlerQC.quantum.dataId
+        if self.config.fail_count_file and data_id is not None:
+            self._count_down_failures(data_id["detector"])
+        super().runQuantum(butlerQC, inputRefs, outputRefs)
+
+    def _count_down_failures(self, detector: object) -> None:
+        """Fail if the quantum's fail-count file says so, one fewer time each time."""
+        path = Path(self.config.fail_count_file.format(detector=detector))
+        try:
+            left = int(path.read_text().strip() or 0)
+        except FileNotFoundError:
+            return
+        if left > 0:
+            path.write_text(f"{left - 1}\n")
+            raise RuntimeError(f"failing as {path} says ({left - 1} more failures to come)")
 
     def run(self, input: np.ndarray) -> Struct:
         if self.config.sleep > 0:

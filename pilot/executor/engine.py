@@ -326,6 +326,7 @@ class _BundleExecution[W: Worker]:
                 result.status = "failed"
                 result.exception_type = "pilot.MemoryLimitExceeded" if died.memory else "pilot.WorkerDied"
                 result.exception_message = died.reason
+                self.on_finished(result)  # journaled and counted like any failure
             self.ledger.block(self.dispatcher.failed(quantum_id), quantum_id)
             self.dispatcher.block([quantum_id])
         self._block_lost_transients(worker.index, lost)

@@ -44,7 +44,11 @@ class WorkerHandle:
 
 
 class WorkerPool:
-    """``size`` persistent workers; ``memory_limit`` bytes of RSS each (with children), if set."""
+    """``size`` persistent workers; ``memory_limit`` bytes of RSS each (with children), if set.
+
+    Between bundles, `resize` changes the number of workers and ``memory_limit`` may be
+    set to another budget (or `None`): the memory watch reads it at every poll.
+    """
 
     def __init__(self, size: int, memory_limit: int | None = None) -> None:
         if size < 1:
@@ -153,6 +157,40 @@ class WorkerPool:
                 )
                 _LOG.warning("Worker %d: %s", worker.index, worker.doomed.reason)
                 worker.process.kill()
+
+    @property
+    def running(self) -> int:
+        """Workers running a quantum (dispatched, not finished); safe to read from another thread."""
+        return sum(1 for worker in list(self._workers) if worker.busy is not None)
+
+    def resize(self, size: int, timeout: float = 10.0) -> None:
+        """Grow or shrink the pool to ``size`` workers, keeping the forkserver (between bundles).
+
+        New workers are forked from the warm forkserver; surplus workers (the last ones)
+        are asked to stop, and killed if they do not within ``timeout`` seconds.
+
+        Raises
+        ------
+        ValueError
+            ``size`` is below 1, or a surplus worker is running a quantum.
+        """
+        if size < 1:
+            raise ValueError(f"a worker pool needs at least one worker, not {size}")
+        workers = self.workers
+        surplus = workers[size:]
+        if any(worker.busy is not None for worker in surplus):
+            raise ValueError("cannot shrink the pool while its surplus workers run quanta")
+        del workers[size:]
+        workers.extend(self._spawn(index) for index in range(len(workers), size))
+        for worker in surplus:
+            self.send(worker, Shutdown())
+        for worker in surplus:
+            worker.process.join(timeout=timeout)
+            if worker.process.is_alive():
+                worker.process.kill()
+                worker.process.join(timeout=timeout)
+            worker.conn.close()
+        self.size = size
 
     def replace(self, worker: WorkerHandle) -> WorkerHandle:
         """Start a fresh worker in a dead one's place."""

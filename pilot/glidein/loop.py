@@ -25,16 +25,16 @@ from pathlib import Path
 
 from lsst.resources import ResourcePath
 
-from ..bundle_model import Bundle, write_bundle
-from ..errors import PilotError
+from ..bundle_model import Bundle, ExecutionSpec, write_bundle
+from ..errors import BundleError, PilotError
 from ..executor.worker_pool import WorkerPool
 from ..exit_codes import ExitCode
 from ..interruption import StopRequest
-from ..protocol import Heartbeat, Release, Report
+from ..protocol import Heartbeat, Lease, Release, Report
 from ..protocol import Slot as SlotMessage
 from ..report import BundleReport, QuantumResult
 from ..runner import run_bundle
-from ..slot import Slot
+from ..slot import Slot, parse_size
 from .client import LeaseGone, SchedulerClient
 
 _LOG = logging.getLogger(__name__)
@@ -55,6 +55,10 @@ class StartOptions:
     reserve_seconds: float = 120.0
     """Walltime kept back from each claim for drain and stage-out."""
     keep_workspaces: bool = False
+    processes: int | None = None
+    """``--processes``: workers for every bundle, whatever it asks (at most the slot's cores)."""
+    memory_per_worker: str | None = None
+    """``--memory-per-worker``: RSS budget of each worker for every bundle, whatever it asks."""
 
 
 @dataclasses.dataclass
@@ -74,10 +78,15 @@ def default_pilot_id() -> str:
 
 
 class _Progress:
-    """Quanta finished in the running bundle, for heartbeats (updated from the run's callback)."""
+    """Quanta of the running bundle, for heartbeats (updated from the run's callback).
 
-    def __init__(self) -> None:
+    ``running`` counts the quanta handed to a worker and not finished (the pool knows);
+    in the pilot's own process (``--processes 0``) it is not known and sent as 0.
+    """
+
+    def __init__(self, running: Callable[[], int]) -> None:
         self._lock = threading.Lock()
+        self._running = running
         self.done: list[uuid.UUID] = []
         self.failed = 0
 
@@ -91,7 +100,10 @@ class _Progress:
     def heartbeat(self) -> Heartbeat:
         with self._lock:
             return Heartbeat(
-                quanta_done=len(self.done), quanta_failed=self.failed, finished_quantum_ids=list(self.done)
+                quanta_done=len(self.done),
+                quanta_failed=self.failed,
+                quanta_running=self._running(),
+                finished_quantum_ids=list(self.done),
             )
 
 
@@ -133,12 +145,70 @@ class _Heartbeats(threading.Thread):
         self.join()
 
 
+@dataclasses.dataclass(frozen=True)
+class _Claimed:
+    """A bundle the scheduler leased to this pilot, written to the pilot's bundle directory."""
+
+    bundle: Bundle
+    path: Path
+    lease: Lease
+
+
+@dataclasses.dataclass(frozen=True)
+class _Ran:
+    """How running a claimed bundle ended."""
+
+    report: BundleReport | None
+    failure: PilotError | None
+    """Set when the bundle stopped before executing (bad bundle, stage-in failure)."""
+    lease_lost: bool
+
+
+def start_pool_size(slot: Slot, processes: int | None) -> int:
+    """Workers ``pilot start`` begins with: ``processes`` (0: none) else the slot's cores, at most those."""
+    if processes == 0:
+        return 0
+    return min(processes if processes is not None else slot.cores, slot.cores)
+
+
+def pool_settings(
+    execution: ExecutionSpec, cores: int, processes: int | None, memory_per_worker: str | None
+) -> tuple[int, int | None]:
+    """Return ``(workers, memory limit in bytes or None)`` for a bundle on a pool of worker processes.
+
+    Workers: ``processes`` (the command line) if given, else the bundle's
+    ``execution.processes``, else ``cores``; never more than ``cores``, and 1 for a
+    bundle asking for 0 (in the pilot's process): the pilot does not run quanta in its
+    own process next to its pool.  The memory budget: ``memory_per_worker`` if given,
+    else the bundle's, else none.
+
+    Raises
+    ------
+    BundleError
+        The memory budget is not a size.
+    """
+    wanted = processes if processes is not None else execution.processes
+    workers = cores if wanted is None else min(wanted, cores)
+    if wanted is not None and wanted > cores:
+        _LOG.warning("%d worker processes asked for; the slot has %d cores: using %d.", wanted, cores, cores)
+    if workers == 0:
+        _LOG.warning("The bundle asks for 0 processes (in the pilot's process); running it on 1 worker.")
+        workers = 1
+    budget = memory_per_worker or execution.memory_per_worker
+    try:
+        return workers, parse_size(budget) if budget else None
+    except ValueError as err:
+        raise BundleError(f"memory_per_worker: {err}") from None
+
+
 def start_pilot(
     client: SchedulerClient, slot: Slot, pool: WorkerPool | None, options: StartOptions, stop: StopRequest
 ) -> PilotSummary:
     """Claim and run bundles until idle, end of life or a drain signal; return what happened.
 
-    ``stop`` is the `StopRequest` the drain signals set (see `DRAIN_SIGNALS`).
+    ``stop`` is the `StopRequest` the drain signals set (see `DRAIN_SIGNALS`).  Each
+    bundle runs on ``pool`` resized to the bundle's settings (see `pool_settings`);
+    without a pool (``--processes 0``) every bundle runs in this process.
 
     Raises
     ------
@@ -146,28 +216,53 @@ def start_pilot(
         The scheduler refused the token, stayed unreachable, or bundles kept failing
         before execution (the same error three times in a row).
     """
-    summary = PilotSummary()
-    bundles_dir = options.area / "bundles"
-    bundles_dir.mkdir(parents=True, exist_ok=True)
-    idle_since = time.monotonic()
-    errors_in_a_row = 0
-    while True:
-        if stop.reason is not None:
-            return _drained(summary, stop.reason)
-        left = slot.walltime_left()
-        if left is not None and left <= options.reserve_seconds:
-            summary.reason = f"end of life: {left:.0f} s of walltime left"
-            return summary
-        answer = client.claim(options.pilot_id, _slot_message(slot, left, options))
+    return _Pilot(client, slot, pool, options, stop).run()
+
+
+class _Pilot:
+    """The claim–run–report loop of `start_pilot`, one step per method."""
+
+    def __init__(
+        self,
+        client: SchedulerClient,
+        slot: Slot,
+        pool: WorkerPool | None,
+        options: StartOptions,
+        stop: StopRequest,
+    ) -> None:
+        self.client, self.slot, self.pool, self.options, self.stop = client, slot, pool, options, stop
+        self.summary = PilotSummary()
+        self.bundles_dir = options.area / "bundles"
+        self.idle_since = time.monotonic()
+        self.errors_in_a_row = 0
+
+    def run(self) -> PilotSummary:
+        self.bundles_dir.mkdir(parents=True, exist_ok=True)
+        while not self.summary.reason:
+            claimed = self._claim()
+            if claimed is not None:
+                self._work_on(claimed)
+        return self.summary
+
+    def _claim(self) -> _Claimed | None:
+        """Claim a bundle; None when there is none (after waiting), or the pilot must end (reason set)."""
+        if self.stop.reason is not None:
+            _drained(self.summary, self.stop.reason)
+            return None
+        left = self.slot.walltime_left()
+        if left is not None and left <= self.options.reserve_seconds:
+            self.summary.reason = f"end of life: {left:.0f} s of walltime left"
+            return None
+        answer = self.client.claim(self.options.pilot_id, _slot_message(self.slot, left, self.options))
         if answer.bundle is None or answer.lease is None:
-            idle = time.monotonic() - idle_since
-            if idle >= options.idle_timeout:
-                summary.reason = f"no work for {idle:.0f} s"
-                return summary
-            _sleep(min(answer.retry_after_s or 10.0, options.idle_timeout - idle), stop)
-            continue
+            idle = time.monotonic() - self.idle_since
+            if idle >= self.options.idle_timeout:
+                self.summary.reason = f"no work for {idle:.0f} s"
+            else:
+                _sleep(min(answer.retry_after_s or 10.0, self.options.idle_timeout - idle), self.stop)
+            return None
         bundle = Bundle.model_validate(answer.bundle)
-        path = bundles_dir / f"{bundle.bundle_id}.json"
+        path = self.bundles_dir / f"{bundle.bundle_id}.json"
         write_bundle(bundle, ResourcePath(path))
         _LOG.warning(
             "Claimed bundle %s (%d quanta), lease %s.",
@@ -175,52 +270,84 @@ def start_pilot(
             len(bundle.quantum_ids),
             answer.lease.lease_id,
         )
-        progress = _Progress()
+        return _Claimed(bundle, path, answer.lease)
+
+    def _work_on(self, claimed: _Claimed) -> None:
+        """Run a claimed bundle, then report or release it (and end the pilot if it drained)."""
+        ran = self._run(claimed)
+        self.summary.bundles += 1
+        lease_id = claimed.lease.lease_id
+        if ran.lease_lost:
+            self.stop.clear()
+            _LOG.warning(
+                "Bundle %s was re-queued by the scheduler; not reporting it.", claimed.bundle.bundle_id
+            )
+        elif self.stop.reason is not None and self.stop.reason != LEASE_LOST:
+            self.client.release(lease_id, _release(ran.report))
+            _count(self.summary, ran.report)
+            _drained(self.summary, self.stop.reason)
+            return
+        else:
+            self.client.report(lease_id, _report(ran.report, ran.failure))
+            _count(self.summary, ran.report)
+        if ran.failure is not None:
+            self.errors_in_a_row += 1
+            _LOG.error("Bundle %s failed before running: %s", claimed.bundle.bundle_id, ran.failure)
+            if self.errors_in_a_row >= MAX_CONSECUTIVE_ERRORS:
+                raise ran.failure
+        else:
+            self.errors_in_a_row = 0
+        if not self.options.keep_workspaces:
+            shutil.rmtree(self.options.area / claimed.bundle.bundle_id, ignore_errors=True)
+        self.idle_since = time.monotonic()
+
+    def _run(self, claimed: _Claimed) -> _Ran:
+        """Run the bundle on the pool sized for it, heartbeating its lease meanwhile."""
+        pool = self.pool
+        progress = _Progress(running=(lambda: pool.running) if pool is not None else (lambda: 0))
         beats = _Heartbeats(
-            client,
-            answer.lease.lease_id,
-            answer.lease.ttl_s,
+            self.client,
+            claimed.lease.lease_id,
+            claimed.lease.ttl_s,
             progress,
-            stop,
-            end_of_life=lambda: (slot.walltime_left() or float("inf")) <= options.grace + 10,
+            self.stop,
+            end_of_life=lambda: (self.slot.walltime_left() or float("inf")) <= self.options.grace + 10,
         )
         beats.start()
+        report: BundleReport | None = None
+        failure: PilotError | None = None
         try:
-            outcome = run_bundle(
-                path,
-                options.area,
+            self._fit_pool(claimed.bundle)
+            report = run_bundle(
+                claimed.path,
+                self.options.area,
                 pool=pool,
-                stop=stop,
-                site=slot.site,
+                stop=self.stop,
+                site=self.slot.site,
                 on_quantum=progress.add,
-            )
-            report: BundleReport | None = outcome.report
-            failure: PilotError | None = None
+            ).report
         except PilotError as err:
-            report, failure = None, err
+            failure = err
         finally:
             beats.close()
-        summary.bundles += 1
-        if beats.lost:
-            stop.clear()
-            _LOG.warning("Bundle %s was re-queued by the scheduler; not reporting it.", bundle.bundle_id)
-        elif stop.reason is not None and stop.reason != LEASE_LOST:
-            client.release(answer.lease.lease_id, _release(report))
-            _count(summary, report)
-            return _drained(summary, stop.reason)
-        else:
-            client.report(answer.lease.lease_id, _report(report, failure))
-            _count(summary, report)
-        if failure is not None:
-            errors_in_a_row += 1
-            _LOG.error("Bundle %s failed before running: %s", bundle.bundle_id, failure)
-            if errors_in_a_row >= MAX_CONSECUTIVE_ERRORS:
-                raise failure
-        else:
-            errors_in_a_row = 0
-        if not options.keep_workspaces:
-            shutil.rmtree(options.area / bundle.bundle_id, ignore_errors=True)
-        idle_since = time.monotonic()
+        return _Ran(report, failure, beats.lost)
+
+    def _fit_pool(self, bundle: Bundle) -> None:
+        """Resize the pool and set its memory budget for ``bundle`` (see `pool_settings`)."""
+        if self.pool is None:
+            return
+        workers, limit = pool_settings(
+            bundle.execution, self.slot.cores, self.options.processes, self.options.memory_per_worker
+        )
+        if workers != self.pool.size:
+            _LOG.info(
+                "Bundle %s: resizing the pool from %d to %d workers.",
+                bundle.bundle_id,
+                self.pool.size,
+                workers,
+            )
+            self.pool.resize(workers)
+        self.pool.memory_limit = limit
 
 
 def _slot_message(slot: Slot, left: float | None, options: StartOptions) -> SlotMessage:

@@ -7,7 +7,7 @@ from collections.abc import Collection
 
 from lsst.resources import ResourcePath
 
-from ..bundle_model import Bundle, ResourceEstimate, write_bundle
+from ..bundle_model import Bundle, write_bundle
 
 
 def remainder_id(root: str, generation: int) -> str:
@@ -36,10 +36,8 @@ def make_remainder(
     if parent_staged and parent.bundle_id not in depends_on:
         depends_on.append(parent.bundle_id)
     seconds = parent.resources.seconds
-    resources = ResourceEstimate(
-        cores=parent.resources.cores,
-        memory_mb=parent.resources.memory_mb,
-        seconds=None if seconds is None else seconds * len(quantum_ids) / len(parent.quantum_ids),
+    resources = parent.resources.model_copy(
+        update={"seconds": None if seconds is None else seconds * len(quantum_ids) / len(parent.quantum_ids)}
     )
     return parent.model_copy(
         update={

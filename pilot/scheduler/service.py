@@ -75,6 +75,7 @@ class Scheduler:
             n_quanta=len(bundle.quantum_ids),
             cores=bundle.resources.cores,
             memory_mb=bundle.resources.memory_mb,
+            disk_mb=bundle.resources.disk_mb,
             est_seconds=estimated_seconds(bundle, self.settings.seconds_per_quantum),
             root=bundle.bundle_id,
         )
@@ -111,7 +112,7 @@ class Scheduler:
     def heartbeat(self, lease_id: str, beat: Heartbeat) -> HeartbeatResponse:
         now = time.time()
         self.expire_due(now)
-        progress = beat.model_dump_json(exclude={"finished_quantum_ids"})
+        progress = beat.model_dump_json(exclude={"finished_quantum_ids"})  # a `Progress`
         expires = self.store.heartbeat(lease_id, progress, now, self.settings.lease_ttl)
         return HeartbeatResponse(expires_at=iso(expires), ttl_s=self.settings.lease_ttl)
 
@@ -184,14 +185,21 @@ class Scheduler:
         now: float,
         lease_id: str,
     ) -> FinishPlan:
-        unfinished = [q for q in bundle.quantum_ids if q not in succeeded and q not in failed]
-        # A drain is not the bundle's fault; a report or a lapse with work left over is.
-        attempts = row.attempts + (0 if kind == "release" else 1)
-        abandoned = len(unfinished) if unfinished and attempts >= self.settings.max_attempts else 0
+        unfinished = {q for q in bundle.quantum_ids if q not in succeeded and q not in failed}
+        # A drain is not the bundle's fault; a report or a lapse is an attempt of its quanta.
+        counted = kind != "release"
+        attempts = row.attempts + (1 if counted else 0)
+        tries_left = attempts < self.settings.max_attempts
+        # Failed quanta (with those they blocked) are tried again while attempts are left.  Not
+        # after a release: it counts no attempt, so retrying its failures could loop forever.
+        retried = failed if counted and tries_left else set()
+        requeued = [q for q in bundle.quantum_ids if q in retried or q in unfinished] if tries_left else []
+        abandoned = 0 if tries_left else len(unfinished)
+        left_failed = len(failed) - len(retried)
         remainder = None
-        if unfinished and not abandoned:
+        if requeued:
             new_id = remainder_id(row.root, row.generation + 1)
-            rest = make_remainder(bundle, ResourcePath(row.path), new_id, unfinished, staged)
+            rest = make_remainder(bundle, ResourcePath(row.path), new_id, requeued, staged)
             path = str(write_remainder(rest, self._remainder_dir))
             self._bundles[path] = rest
             remainder = dataclasses.replace(
@@ -199,10 +207,11 @@ class Scheduler:
             )
         result = FinishResponse(
             bundle_id=bundle.bundle_id,
-            state="failed" if failed or abandoned else "done",
+            state="failed" if left_failed or abandoned else "done",
             remainder_bundle_id=None if remainder is None else remainder.bundle_id,
-            requeued_quanta=0 if remainder is None else len(unfinished),
+            requeued_quanta=len(requeued),
             abandoned_quanta=abandoned,
+            failed_quanta=left_failed,
             ingest="queued" if staged else "not_staged",
         )
         return FinishPlan(lease_id, bundle.bundle_id, kind, now, staged, result, remainder)

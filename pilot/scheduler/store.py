@@ -18,8 +18,9 @@ from typing import Any, Literal
 
 import sqlalchemy as sa
 
-from ..protocol import FinishResponse, PilotStatus, Slot, StatusResponse
+from ..protocol import FinishResponse, PilotStatus, Progress, Slot, StatusResponse
 from .errors import LeaseGone, LeaseNotFound
+from .fit import fits
 from .tables import bundles, deps, leases, metadata, pilots
 
 _LOG = logging.getLogger(__name__)
@@ -45,6 +46,7 @@ class BundleRow:
     root: str
     generation: int = 0
     attempts: int = 0
+    disk_mb: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,9 +109,22 @@ class QueueStore:
         self.url = url
         self._engine = _engine(url, pool_size)
         metadata.create_all(self._engine)
+        self._add_new_columns()
 
     def close(self) -> None:
         self._engine.dispose()
+
+    def _add_new_columns(self) -> None:
+        """Give a queue database made by an earlier version the columns added since (all nullable)."""
+        inspector = sa.inspect(self._engine)
+        for table in metadata.sorted_tables:
+            have = {column["name"] for column in inspector.get_columns(table.name)}
+            for column in table.columns:
+                if column.name not in have and column.nullable:
+                    kind = column.type.compile(dialect=self._engine.dialect)
+                    with self._tx() as conn:
+                        conn.exec_driver_sql(f"ALTER TABLE {table.name} ADD COLUMN {column.name} {kind}")
+                    _LOG.warning("Added column %s.%s to the queue database.", table.name, column.name)
 
     @contextmanager
     def _tx(self) -> Iterator[sa.Connection]:
@@ -137,12 +152,8 @@ class QueueStore:
     def claim(self, pilot_id: str, slot: Slot, now: float, ttl: float) -> Claimed | None:
         """Lease the first queued, ready bundle that fits ``slot``; None if there is none."""
         b = bundles
-        fits = [b.c.state == "queued", b.c.cores <= slot.cores, ~self._waiting(b)]
-        if slot.memory_mb is not None:
-            fits.append(sa.or_(b.c.memory_mb.is_(None), b.c.memory_mb <= slot.memory_mb))
-        if slot.walltime_left_s is not None:
-            fits.append(b.c.est_seconds <= slot.walltime_left_s)
-        query = sa.select(b.c.bundle_id, b.c.path).where(*fits).order_by(b.c.seq).limit(8)
+        claimable = [b.c.state == "queued", *fits(b, slot), ~self._waiting(b)]
+        query = sa.select(b.c.bundle_id, b.c.path).where(*claimable).order_by(b.c.seq).limit(8)
         with self._tx() as conn:
             self._seen(conn, pilot_id, now)
             for _ in range(3):
@@ -235,7 +246,7 @@ class QueueStore:
         if row is None:
             raise LeaseNotFound(f"no lease {lease_id}")
         result = None if row.result is None else FinishResponse.model_validate_json(row.result)
-        return LeaseView(row.state, result, BundleRow(*row[2:]))
+        return LeaseView(row.state, result, _bundle_row(row._mapping))
 
     def finish(self, plan: FinishPlan) -> FinishResponse | None:
         """End a lease as ``plan`` says, once: a repeated report gets the first answer back.
@@ -306,7 +317,7 @@ class QueueStore:
     def bundle_row(self, bundle_id: str) -> BundleRow:
         with self._engine.connect() as conn:
             row = conn.execute(sa.select(*_ROW_COLUMNS).where(bundles.c.bundle_id == bundle_id)).one()
-        return BundleRow(*row)
+        return _bundle_row(row._mapping)
 
     def pending_ingests(self) -> list[str]:
         """Bundles reported staged whose ingest has not finished, in queue order."""
@@ -337,7 +348,7 @@ class QueueStore:
                 ).all()
             )
             rows = conn.execute(
-                sa.select(pilots, leases.c.bundle_id)
+                sa.select(pilots, leases.c.bundle_id, leases.c.progress)
                 .outerjoin(leases, leases.c.lease_id == pilots.c.lease_id)
                 .order_by(pilots.c.pilot_id)
             ).all()
@@ -351,6 +362,7 @@ class QueueStore:
                     last_seen=iso(row.last_seen),
                     last_heartbeat=None if row.last_heartbeat is None else iso(row.last_heartbeat),
                     bundle_id=row.bundle_id,
+                    progress=None if row.progress is None else Progress.model_validate_json(row.progress),
                 )
                 for row in rows
             ],
@@ -367,4 +379,10 @@ _ROW_COLUMNS = (
     bundles.c.root,
     bundles.c.generation,
     bundles.c.attempts,
+    bundles.c.disk_mb,
 )
+
+
+def _bundle_row(row: sa.RowMapping) -> BundleRow:
+    """The `BundleRow` in a result row that selected `_ROW_COLUMNS` (and maybe more)."""
+    return BundleRow(**{column.name: row[column] for column in _ROW_COLUMNS})

@@ -16,6 +16,7 @@ bundles = sa.Table(
     sa.Column("n_quanta", sa.Integer, nullable=False),
     sa.Column("cores", sa.Integer, nullable=False),
     sa.Column("memory_mb", sa.Integer, nullable=True),
+    sa.Column("disk_mb", sa.Integer, nullable=True),  # added later: QueueStore adds it to older databases
     sa.Column("est_seconds", sa.Float, nullable=False),
     sa.Column("root", sa.String(128), nullable=False),  # the original bundle of a remainder chain
     sa.Column("generation", sa.Integer, nullable=False),  # 0 original, n the n-th remainder
