@@ -12,12 +12,15 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import pytest
-from lsst.daf.butler import Butler
+from lsst.daf.butler import Butler, DatasetType
+from lsst.pipe.base.all_dimensions_quantum_graph_builder import AllDimensionsQuantumGraphBuilder
+from lsst.pipe.base.pipeline_graph import PipelineGraph
 from lsst.pipe.base.tests.mocks import (
     DirectButlerRepo,
     DynamicConnectionConfig,
@@ -25,6 +28,7 @@ from lsst.pipe.base.tests.mocks import (
 )
 
 from pilot.demo.campaign import create_dbb
+from pilot.demo.probe_tasks import PayloadConfig, PayloadTask
 
 DIMENSIONS = ("instrument", "detector")
 
@@ -127,6 +131,38 @@ def make_campaign(
     create_dbb(repo, n_detectors)
     qgraph = build_graph(repo, run, root / "graph.qg", tasks)
     return Campaign(root, repo, qgraph, run)
+
+
+def payload_campaign(
+    root: Path, n: int, output_run: str, configure: Callable[[int, PayloadConfig], None]
+) -> Campaign:
+    """A DBB of ``n`` NumpyArray raws and a t0 → t1 chain of the project's PayloadTask, in one bundle.
+
+    ``configure(index, config)`` sets up task ``t<index>`` beyond its connections.
+    """
+    repo = root / "dbb"
+    create_dbb(repo, n)
+    with Butler.from_config(str(repo), writeable=True, run="raw/run") as butler:
+        butler.registry.registerDatasetType(
+            DatasetType("raw", ["instrument", "detector"], "NumpyArray", universe=butler.dimensions)
+        )
+        for detector in range(n):
+            butler.put(np.zeros(16), "raw", instrument="DemoCam", detector=detector)
+        pipeline = PipelineGraph()
+        for index, (source, target) in enumerate([("raw", "mid"), ("mid", "final")]):
+            config = PayloadConfig()
+            config.connections.inputName = source
+            config.connections.outputName = target
+            configure(index, config)
+            pipeline.add_task(f"t{index}", PayloadTask, config)
+        builder = AllDimensionsQuantumGraphBuilder(
+            pipeline, butler, input_collections=["raw/run"], output_run=output_run
+        )
+        builder.finish(attach_datastore_records=True).write(str(root / "graph.qg"))
+    camp = Campaign(root, repo, root / "graph.qg", output_run)
+    result = pilot("bundle", camp.qgraph, "--repo", camp.repo, "--out", camp.bundles_dir)
+    assert result.returncode == 0, result.stderr
+    return camp
 
 
 def pilot(

@@ -6,14 +6,9 @@ import json
 from datetime import datetime
 from pathlib import Path
 
-import numpy as np
-from conftest import TaskSpec, make_campaign, pilot, read_report
-from lsst.daf.butler import Butler, DatasetType
-from lsst.pipe.base.all_dimensions_quantum_graph_builder import AllDimensionsQuantumGraphBuilder
-from lsst.pipe.base.pipeline_graph import PipelineGraph
+from conftest import TaskSpec, make_campaign, payload_campaign, pilot, read_report
 
-from pilot.demo.campaign import create_dbb
-from pilot.demo.probe_tasks import PayloadConfig, PayloadTask
+from pilot.demo.probe_tasks import PayloadConfig
 from pilot.exit_codes import ExitCode
 
 CHAIN = (TaskSpec("a", "raw", "x"), TaskSpec("b", "x", "y"), TaskSpec("c", "y", "z"))
@@ -80,29 +75,13 @@ def test_raised_exception_fails_quantum_in_worker(tmp_path: Path) -> None:
 
 def _payload_campaign(root: Path, allocate: dict[int, int], n: int = 3, sleep: float = 0.0) -> Path:
     """A DBB with NumpyArray raws and a 2-task PayloadTask chain; returns the bundle file."""
-    repo = root / "dbb"
-    create_dbb(repo, n)
-    with Butler.from_config(str(repo), writeable=True, run="raw/run") as butler:
-        butler.registry.registerDatasetType(
-            DatasetType("raw", ["instrument", "detector"], "NumpyArray", universe=butler.dimensions)
-        )
-        for detector in range(n):
-            butler.put(np.zeros(16), "raw", instrument="DemoCam", detector=detector)
-        pipeline = PipelineGraph()
-        for index, (source, target) in enumerate([("raw", "mid"), ("mid", "final")]):
-            config = PayloadConfig()
-            config.connections.inputName = source
-            config.connections.outputName = target
-            config.payload_bytes = 1024
-            config.allocate_bytes = allocate.get(index, 0)
-            config.sleep = sleep
-            pipeline.add_task(f"t{index}", PayloadTask, config)
-        builder = AllDimensionsQuantumGraphBuilder(
-            pipeline, butler, input_collections=["raw/run"], output_run="p/run"
-        )
-        builder.finish(attach_datastore_records=True).write(str(root / "g.qg"))
-    assert pilot("bundle", root / "g.qg", "--repo", repo, "--out", root / "bundles").returncode == 0
-    (bundle,) = sorted((root / "bundles").glob("*.json"))
+
+    def configure(index: int, config: PayloadConfig) -> None:
+        config.payload_bytes = 1024
+        config.allocate_bytes = allocate.get(index, 0)
+        config.sleep = sleep
+
+    (bundle,) = payload_campaign(root, n, "p/run", configure).bundle_files()
     return bundle
 
 

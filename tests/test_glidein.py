@@ -10,24 +10,21 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 from conftest import (
     CHAIN3,
     TOKEN,
     Campaign,
     TaskSpec,
     make_campaign,
+    payload_campaign,
     pilot,
     read_report,
     serve,
     wait_for,
 )
-from lsst.daf.butler import Butler, DatasetType
-from lsst.pipe.base.all_dimensions_quantum_graph_builder import AllDimensionsQuantumGraphBuilder
-from lsst.pipe.base.pipeline_graph import PipelineGraph
+from lsst.daf.butler import Butler
 
-from pilot.demo.campaign import create_dbb
-from pilot.demo.probe_tasks import PayloadConfig, PayloadTask
+from pilot.demo.probe_tasks import PayloadConfig
 from pilot.exit_codes import ExitCode
 from pilot.glidein.client import SchedulerClient
 from pilot.protocol import StatusResponse
@@ -261,30 +258,12 @@ def test_each_bundle_runs_with_its_execution_settings(tmp_path: Path) -> None:
 
 
 def _probe_campaign(root: Path, n: int, fail_count_file: str) -> Campaign:
-    """A DBB of NumpyArray raws and a t0 → t1 chain of the project's PayloadTask, bundled in one bundle."""
-    repo = root / "dbb"
-    create_dbb(repo, n)
-    with Butler.from_config(str(repo), writeable=True, run="raw/run") as butler:
-        butler.registry.registerDatasetType(
-            DatasetType("raw", ["instrument", "detector"], "NumpyArray", universe=butler.dimensions)
-        )
-        for detector in range(n):
-            butler.put(np.zeros(16), "raw", instrument="DemoCam", detector=detector)
-        pipeline = PipelineGraph()
-        for index, (source, target) in enumerate([("raw", "mid"), ("mid", "final")]):
-            config = PayloadConfig()
-            config.connections.inputName = source
-            config.connections.outputName = target
-            config.fail_count_file = fail_count_file if index == 0 else ""
-            pipeline.add_task(f"t{index}", PayloadTask, config)
-        builder = AllDimensionsQuantumGraphBuilder(
-            pipeline, butler, input_collections=["raw/run"], output_run="probe/run"
-        )
-        builder.finish(attach_datastore_records=True).write(str(root / "graph.qg"))
-    camp = Campaign(root, repo, root / "graph.qg", "probe/run")
-    result = pilot("bundle", camp.qgraph, "--repo", camp.repo, "--out", camp.bundles_dir)
-    assert result.returncode == 0, result.stderr
-    return camp
+    """A t0 → t1 PayloadTask chain in one bundle; t0 fails as often as ``fail_count_file`` says."""
+
+    def configure(index: int, config: PayloadConfig) -> None:
+        config.fail_count_file = fail_count_file if index == 0 else ""
+
+    return payload_campaign(root, n, "probe/run", configure)
 
 
 def _tries(area: Path) -> dict[tuple[str, int], list[str]]:
