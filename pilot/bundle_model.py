@@ -16,7 +16,6 @@ import pydantic
 from lsst.resources import ResourcePath
 
 from .errors import BundleError, shown
-from .staging.area import staging_root
 
 SCHEMA_VERSION: Literal[1] = 1
 SCHEMA_PATH = Path(__file__).parent / "schemas" / "bundle.schema.json"
@@ -63,10 +62,6 @@ class DBBSpec(_Strict):
         if value is not None and value.split(":", 1)[0].split("+", 1)[0].lower() in _DATABASE_SCHEMES:
             raise ValueError("a bundle must not carry a database URL; give the repository's root URI")
         return value
-
-    def staging_uri(self) -> ResourcePath:
-        """Return the staging-area root as a directory URI."""
-        return staging_root(self.repo, self.staging)
 
 
 class ExecutionSpec(_Strict):

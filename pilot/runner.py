@@ -33,6 +33,7 @@ from .interruption import StopRequest
 from .journal import JOURNAL_NAME, Journal, quanta_to_skip
 from .qgraph_io import load_bundle_graph
 from .report import BundleReport, IoCounts, QuantumResult, StageOutRecord, count_statuses, environment, now
+from .staging.area import staging_root
 from .staging.dbb_token import apply_token
 from .staging.input_cache import InputCache
 from .staging.provenance import build_provenance, output_files
@@ -181,7 +182,7 @@ def _stage_in(job: _Job) -> _Inputs:
     missing = fetch_upstream(
         upstream_refs(job.quanta, bundle.dbb.output_run, recorded),
         bundle.depends_on,
-        bundle.dbb.staging_uri(),
+        staging_root(bundle.dbb.repo, bundle.dbb.staging),
         job.workspace,
         job.qg,
         staged.stats,
@@ -319,7 +320,7 @@ def _stage_out(
             work_dir=job.workspace.stage_out_dir,
             report_json=staged_report.model_dump_json(indent=2).encode(),
             provenance_json=provenance.model_dump_json(indent=2).encode(),
-            staging_root=bundle.dbb.staging_uri(),
+            staging_root=staging_root(bundle.dbb.repo, bundle.dbb.staging),
             records=facts.execution.records,
             retry=job.retry,
         ), None

@@ -85,7 +85,8 @@ class Scheduler:
         if self.settings.staging is not None:
             root = ResourcePath(self.settings.staging, forceDirectory=True)
         else:
-            root = self.bundle(self.store.bundle_row(bundle_id).path).dbb.staging_uri()
+            dbb = self.bundle(self.store.bundle_row(bundle_id).path).dbb
+            root = area.staging_root(dbb.repo, dbb.staging)
         return area.bundle_dir(root, bundle_id)
 
     def claim(self, request: ClaimRequest) -> ClaimResponse:
