@@ -73,6 +73,7 @@ class StageOutRecord(pydantic.BaseModel):
 
     manifest: str
     zip: str | None
+    files: str | None = None
     n_datasets: int
     transfer: TransferStats
 

@@ -39,7 +39,7 @@ from .staging.input_cache import InputCache
 from .staging.provenance import build_provenance, output_files
 from .staging.retry import RetryPolicy
 from .staging.stage_in import InputFile, StagedInputs, input_files, stage_in
-from .staging.stage_out import produced_refs, stage_out
+from .staging.stage_out import StageOut, produced_refs
 from .staging.upstream_inputs import fetch_upstream, upstream_refs
 from .workspace import DBBDatastore, Workspace, input_cache_root, pilot_area, read_dbb_datastore
 
@@ -96,12 +96,17 @@ def run_bundle(
     if plan.to_run:
         pool.wait_ready()
     clock.mark("pool_wait")
-    execution = _execute(job, plan, inputs, pool, stop, on_quantum)
-    clock.mark("execute")
-    results, staged_refs = _final_results(job, plan, execution)
-    processes = 0 if isinstance(pool, InProcessPool) else pool.size
-    facts = _Facts(job, plan, inputs, execution, results, processes)
-    stage_out_record, error = _stage_out(facts, staged_refs, site, clock)
+    stage = _open_stage_out(job)
+    try:
+        execution = _execute(job, plan, inputs, pool, stop, on_quantum, stage)
+        clock.mark("execute")
+        results, staged, error = _final_results(job, plan, execution, stage)
+        processes = 0 if isinstance(pool, InProcessPool) else pool.size
+        facts = _Facts(job, plan, inputs, execution, results, processes)
+        stage_out_record, error = _stage_out(facts, stage, staged, site, clock, error)
+    finally:
+        if stage is not None:
+            stage.close()
     clock.mark("stage_out")
     report = _assemble_report(facts, clock, stage_out_record, error)
     _write_report(report, job.workspace.report_path)
@@ -223,8 +228,9 @@ def _execute(
     pool: Pool[Any],
     stop: StopRequest,
     on_quantum: Callable[[QuantumResult], None] | None,
+    stage: StageOut | None,
 ) -> ExecutionOutcome:
-    """Run what is left on the pool, journaling each quantum as it finishes."""
+    """Run what is left on the pool, journaling and staging each quantum as it finishes."""
     if not plan.to_run:
         return ExecutionOutcome([], IoCounts(), {})
     execution = job.bundle.execution
@@ -247,19 +253,48 @@ def _execute(
         unavailable=consumers_of(job.quanta, inputs.missing_upstream),
         stop=stop,
         on_finished=_both(job.journal.record, on_quantum),
+        on_outputs=None if stage is None else (lambda result, outputs: stage.add(result, outputs.records)),
+    )
+
+
+def _open_stage_out(job: _Job) -> StageOut | None:
+    """The bundle's stage-out, opened before execution so that finished chains stage while others run."""
+    bundle = job.bundle
+    if not bundle.staging.stage_out:
+        return None
+    return StageOut(
+        qg=job.qg,
+        quanta=job.quanta,
+        bundle_id=bundle.bundle_id,
+        output_run=bundle.dbb.output_run,
+        local_repo=str(job.local_repo),
+        work_dir=job.workspace.stage_out_dir,
+        staging_root=staging_root(bundle.dbb.repo, bundle.dbb.staging),
+        retry=job.retry,
     )
 
 
 def _final_results(
-    job: _Job, plan: _Plan, execution: ExecutionOutcome
-) -> tuple[list[QuantumResult], list[DatasetRef]]:
-    """Every quantum's result in planned order (journaled ones marked resumed), with its staged outputs."""
+    job: _Job, plan: _Plan, execution: ExecutionOutcome, stage: StageOut | None
+) -> tuple[list[QuantumResult], set[uuid.UUID], PilotError | None]:
+    """Every quantum's result in planned order (journaled ones marked resumed), with its staged outputs.
+
+    Returns the results, the IDs of the datasets staged (or, without stage-out,
+    present in the workspace) and the error that stopped placing them, if any.
+    """
     ran = {result.quantum_id: result for result in execution.results}
     for quantum_id in plan.skipped:
         ran[quantum_id] = plan.journaled[quantum_id].model_copy(update={"resumed": True})
     results = [ran[quantum_id] for quantum_id in plan.order]
-    refs = produced_refs(job.qg, job.quanta, results, str(job.local_repo), execution.records)
-    staged = {ref.id for ref in refs}
+    error: PilotError | None = None
+    if stage is None:
+        refs = produced_refs(job.qg, job.quanta, results, str(job.local_repo), execution.records)
+        staged = {ref.id for ref in refs}
+    else:
+        try:
+            staged = stage.complete(results)
+        except PilotError as err:
+            staged, error = stage.staged_ids(), err
     with_outputs = [
         result.model_copy(
             update={
@@ -273,7 +308,7 @@ def _final_results(
         )
         for result in results
     ]
-    return with_outputs, refs
+    return with_outputs, staged, error
 
 
 @dataclasses.dataclass(frozen=True)
@@ -289,14 +324,24 @@ class _Facts:
 
 
 def _stage_out(
-    facts: _Facts, refs: list[DatasetRef], site: str | None, clock: _Clock
+    facts: _Facts,
+    stage: StageOut | None,
+    staged: set[uuid.UUID],
+    site: str | None,
+    clock: _Clock,
+    error: PilotError | None,
 ) -> tuple[StageOutRecord | None, PilotError | None]:
-    """Commit outputs, the report and provenance to the staging area; an error is returned, not raised."""
+    """Commit the placed outputs with the report and provenance; an error is returned, not raised."""
+    if stage is None:
+        return None, None
     job, inputs = facts.job, facts.inputs
     bundle = job.bundle
-    if not bundle.staging.stage_out:
-        return None, None
     try:
+        if error is not None:
+            return None, error
+        checksums = dict(facts.execution.checksums)
+        unhashed = [ref for ref in _refs_of(job, staged) if ref.id not in checksums]
+        checksums.update(output_files(job.qg, str(job.local_repo), unhashed, facts.execution.records))
         provenance = build_provenance(
             bundle_id=bundle.bundle_id,
             output_run=bundle.dbb.output_run,
@@ -308,24 +353,26 @@ def _stage_out(
                 item.ref.id: (item.size, inputs.staged.checksums.get(item.relative_path))
                 for item in inputs.recorded
             },
-            outputs=output_files(job.qg, str(job.local_repo), refs, facts.execution.records),
+            outputs={dataset_id: checksums[dataset_id] for dataset_id in staged if dataset_id in checksums},
         )
         staged_report = _assemble_report(facts, clock, None, None)
-        return stage_out(
-            qg=job.qg,
-            refs=refs,
-            bundle_id=bundle.bundle_id,
-            output_run=bundle.dbb.output_run,
-            local_repo=str(job.local_repo),
-            work_dir=job.workspace.stage_out_dir,
-            report_json=staged_report.model_dump_json(indent=2).encode(),
-            provenance_json=provenance.model_dump_json(indent=2).encode(),
-            staging_root=staging_root(bundle.dbb.repo, bundle.dbb.staging),
-            records=facts.execution.records,
-            retry=job.retry,
-        ), None
+        record = stage.commit(
+            staged_report.model_dump_json(indent=2).encode(), provenance.model_dump_json(indent=2).encode()
+        )
+        return record, None
     except PilotError as err:
         return None, err
+
+
+def _refs_of(job: _Job, dataset_ids: set[uuid.UUID]) -> list[DatasetRef]:
+    """The bundle's output refs with these IDs."""
+    return [
+        ref
+        for quantum in job.quanta.values()
+        for refs in quantum.outputs.values()
+        for ref in refs
+        if ref.id in dataset_ids
+    ]
 
 
 def _assemble_report(

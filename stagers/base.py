@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from pathlib import Path
 from typing import ClassVar
 
 from lsst.resources import ResourcePath
@@ -58,3 +59,7 @@ class Stager(ABC):
     @abstractmethod
     def read(self, uri: ResourcePath) -> bytes:
         """Return the content of a small remote document."""
+
+    def local_path(self, uri: ResourcePath) -> Path | None:
+        """The local directory ``uri`` names, if the job writes it as one (files are placed, not sent)."""
+        return None

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 
-from lsst.daf.butler import Butler, DatasetRef
+from lsst.daf.butler import Butler, DatasetRef, FileDataset
 from lsst.daf.butler.datastores.file_datastore.retrieve_artifacts import ZipIndex
 from lsst.resources import ResourcePath
 
@@ -66,32 +67,64 @@ def _ingest_one(butler: Butler, bundle_dir: ResourcePath, manifest: Manifest) ->
     if done is not None and done.attempt == manifest.attempt:
         return BundleIngest(manifest.bundle_id, manifest.attempt, 0, 0, skipped=True)
     new = present = 0
-    if manifest.zip is not None:
-        zip_uri = bundle_dir.join(manifest.zip)
-        try:
-            index = ZipIndex.from_zip_file(zip_uri)
-            register_mock_storage_classes(
-                dt.storageClass for dt in index.refs.dataset_types.values() if dt.storageClass
-            )
-            refs = index.refs.to_refs(universe=butler.dimensions)
-            known = [ref for ref in refs if butler.get_dataset(ref.id) is not None]
-            if known and all(ref.datasetType.storageClass_name == _LOG_STORAGE_CLASS for ref in known):
-                _drop_earlier_logs(butler, known)
-                known = []
-            present = len(known)
-            new = len(refs) - present
-            if new:
-                butler.ingest_zip(zip_uri, transfer="copy", skip_existing=True)
-        except Exception as err:
-            raise DBBError(
-                f"cannot ingest bundle {manifest.bundle_id} from {zip_uri}: {type(err).__name__}: {err}"
-            ) from None
+    try:
+        index = area.read_index(bundle_dir, manifest)
+        if index is not None:
+            new, present = _ingest_index(butler, bundle_dir, manifest, index)
+    except Exception as err:
+        raise DBBError(
+            f"cannot ingest bundle {manifest.bundle_id} from {bundle_dir}: {type(err).__name__}: {err}"
+        ) from None
     try:
         area.mark_ingested(bundle_dir, manifest)
     except TransferError as err:
         raise DBBError(f"ingested bundle {manifest.bundle_id} but cannot mark it: {err}") from None
     _LOG.info("Bundle %s: %d new datasets, %d already present.", manifest.bundle_id, new, present)
     return BundleIngest(manifest.bundle_id, manifest.attempt, new, present, skipped=False)
+
+
+def _ingest_index(
+    butler: Butler, bundle_dir: ResourcePath, manifest: Manifest, index: ZipIndex
+) -> tuple[int, int]:
+    """Register an attempt's outputs; return ``(new, already present)``."""
+    register_mock_storage_classes(
+        dt.storageClass for dt in index.refs.dataset_types.values() if dt.storageClass
+    )
+    refs = index.refs.to_refs(universe=butler.dimensions)
+    known = [ref for ref in refs if butler.get_dataset(ref.id) is not None]
+    if known and all(ref.datasetType.storageClass_name == _LOG_STORAGE_CLASS for ref in known):
+        _drop_earlier_logs(butler, known)
+        known = []
+    new = len(refs) - len(known)
+    if not new:
+        return 0, len(known)
+    if manifest.zip is not None:
+        butler.ingest_zip(bundle_dir.join(manifest.zip), transfer="copy", skip_existing=True)
+        return new, len(known)
+    files = area.files_dir(bundle_dir, manifest)
+    by_id = {ref.id: ref for ref in refs}
+    datasets = [
+        FileDataset(path=files.join(name), refs=[by_id[i] for i in info.ids], formatter=info.info.formatter)
+        for name, info in index.artifact_map.items()
+    ]
+    butler.ingest(*datasets, transfer=_transfer_into(butler, files), skip_existing=True)
+    return new, len(known)
+
+
+def _transfer_into(butler: Butler, files: ResourcePath) -> str:
+    """Hard links where staged files and DBB datastore share a filesystem (no byte copied), else copies."""
+    if files.isLocal:
+        for root in butler.get_datastore_roots().values():
+            if root is not None and root.isLocal and _same_device(files.ospath, root.ospath):
+                return "hardlink"
+    return "copy"
+
+
+def _same_device(a: str, b: str) -> bool:
+    try:
+        return os.stat(a).st_dev == os.stat(b).st_dev
+    except OSError:
+        return False
 
 
 def _drop_earlier_logs(butler: Butler, logs: list[DatasetRef]) -> None:

@@ -11,6 +11,8 @@ so a task that modifies its input cannot corrupt another's.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import logging
 import uuid
 from collections.abc import Iterable, Mapping
@@ -33,6 +35,20 @@ from lsst.pipe.base import InMemoryDatasetHandle
 from ..report import IoCounts
 
 _LOG = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class NewOutputs:
+    """What a butler wrote since it was last asked: datastore records and ``(size, blake2b)`` by ID."""
+
+    records: dict[str, DatastoreRecordData]
+    checksums: dict[uuid.UUID, tuple[int, str]]
+
+
+def _digest(path: str) -> tuple[int, str]:
+    with open(path, "rb") as stream:
+        digest = hashlib.file_digest(stream, "blake2b").hexdigest()
+        return stream.tell(), digest
 
 
 class ChainingButler(LimitedButler):
@@ -59,6 +75,7 @@ class ChainingButler(LimitedButler):
         self._intermediates = frozenset(consumers)
         self._memory: dict[uuid.UUID, tuple[Any, DatasetRef]] = {}
         self._persisted: list[DatasetRef] = []
+        self._taken = 0
         self.io = IoCounts()
 
     # -- what the pilot asks ------------------------------------------------
@@ -69,10 +86,38 @@ class ChainingButler(LimitedButler):
 
     def persisted_records(self) -> dict[str, DatastoreRecordData]:
         """Datastore records of every dataset this butler wrote, for stage-out."""
+        records, size = self._export(self._persisted)
+        self.io.bytes_written = size
+        return records
+
+    def take_new_outputs(self) -> NewOutputs:
+        """Records, sizes and checksums of the datasets written since the last call.
+
+        Called after each quantum, so the pilot can stage a quantum's files while
+        other chains compute.  Each file is hashed here, once, right after it was
+        written (its bytes are still in the page cache), and the checksum serves the
+        provenance record; nothing reads the file again for it.
+        """
+        new = self._persisted[self._taken :]
+        self._taken = len(self._persisted)
+        records, size = self._export(new)
+        self.io.bytes_written += size
+        root = self._wrapped._datastore.root  # type: ignore[attr-defined]
+        checksums: dict[uuid.UUID, tuple[int, str]] = {}
+        for data in records.values():
+            for dataset_id, tables in data.records.items():
+                for rows in tables.values():
+                    for info in rows:
+                        if isinstance(info, StoredFileInfo):
+                            checksums[dataset_id] = _digest(root.join(info.path).ospath)
+        return NewOutputs(records, checksums)
+
+    def _export(self, refs: list[DatasetRef]) -> tuple[dict[str, DatastoreRecordData], int]:
+        """Records of ``refs`` and the bytes of their files."""
         # QuantumBackedButler.extract_provenance_data exports the same records, but also
         # warns about inputs it never saw checked (intermediates served from memory).
-        records = dict(self._wrapped._datastore.export_records(self._persisted))
-        self.io.bytes_written = sum(
+        records = dict(self._wrapped._datastore.export_records(refs))
+        size = sum(
             max(record.file_size, 0)
             for data in records.values()
             for tables in data.records.values()
@@ -80,7 +125,7 @@ class ChainingButler(LimitedButler):
             for record in rows
             if isinstance(record, StoredFileInfo)
         )
-        return records
+        return records, size
 
     def evict(self, dataset_ids: Iterable[uuid.UUID]) -> None:
         """Drop datasets whose consumers have all run (possibly elsewhere)."""

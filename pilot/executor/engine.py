@@ -20,7 +20,7 @@ from typing import Any
 
 import networkx
 from lsst.daf.butler import Quantum
-from lsst.daf.butler.datastore.record_data import DatastoreRecordData, SerializedDatastoreRecordData
+from lsst.daf.butler.datastore.record_data import DatastoreRecordData
 from lsst.pipe.base.quantum_graph import PredictedQuantumGraph
 
 from ..errors import BundleError
@@ -44,7 +44,17 @@ class ExecutionOutcome:
     io: IoCounts
     records: dict[str, DatastoreRecordData]
     """Datastore records of every dataset written to the workspace."""
+    checksums: dict[uuid.UUID, tuple[int, str]] = dataclasses.field(default_factory=dict)
+    """``(size, blake2b)`` of every file written, by dataset ID."""
     workers_replaced: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class QuantumOutputs:
+    """The files one finished quantum wrote, as its worker reported them."""
+
+    records: dict[str, DatastoreRecordData]
+    checksums: dict[uuid.UUID, tuple[int, str]]
 
 
 def execution_order(qg: PredictedQuantumGraph, quantum_ids: Iterable[uuid.UUID]) -> list[uuid.UUID]:
@@ -122,11 +132,13 @@ def execute_bundle(
     unavailable: Mapping[uuid.UUID, str] | None = None,
     stop: StopRequest | None = None,
     on_finished: Callable[[QuantumResult], None] | None = None,
+    on_outputs: Callable[[QuantumResult, QuantumOutputs], None] | None = None,
 ) -> ExecutionOutcome:
     """Run ``order`` on ``pool`` and return one result per quantum, in that order.
 
     ``on_finished`` is called in this process with each quantum's result as it
-    finishes (the journal).
+    finishes (the journal); then ``on_outputs`` with the files it wrote (stage-out
+    while other chains compute).
 
     ``unavailable`` quanta (an input another bundle failed to produce) are blocked
     with the given reason, with their descendants.  A ``stop`` request ends
@@ -142,6 +154,7 @@ def execute_bundle(
         unavailable or {},
         stop if stop is not None else StopRequest(),
         on_finished or (lambda result: None),
+        on_outputs or (lambda result, outputs: None),
     ).run()
 
 
@@ -158,9 +171,11 @@ class _BundleExecution[W: Worker]:
         unavailable: Mapping[uuid.UUID, str],
         stop: StopRequest,
         on_finished: Callable[[QuantumResult], None],
+        on_outputs: Callable[[QuantumResult, QuantumOutputs], None],
     ) -> None:
         self.qg = qg
         self.on_finished = on_finished
+        self.on_outputs = on_outputs
         self.spec = spec
         self.pool = pool
         self.fail_fast = fail_fast
@@ -173,6 +188,7 @@ class _BundleExecution[W: Worker]:
         self.dispatcher = DepthFirstDispatcher(self.xgraph, order, self.sticky)
         self.io = IoCounts()
         self.records: list[dict[str, DatastoreRecordData]] = []
+        self.checksums: dict[uuid.UUID, tuple[int, str]] = {}
         self.opened: set[int] = set()
         self.recent: list[int] = []
         self.holder: dict[uuid.UUID, int] = {}
@@ -225,7 +241,7 @@ class _BundleExecution[W: Worker]:
         self.ledger.mark_not_run(never, self.stop_reason or "not run")
         self._close_bundle()
         records = DatastoreRecordData.merge_mappings(*self.records) if self.records else {}
-        return ExecutionOutcome(self.ledger.ordered(), self.io, records, self.pool.replaced)
+        return ExecutionOutcome(self.ledger.ordered(), self.io, records, self.checksums, self.pool.replaced)
 
     def _open(self, worker: W) -> None:
         if not self.pool.send(worker, OpenBundle(self.spec)):
@@ -268,14 +284,20 @@ class _BundleExecution[W: Worker]:
                         f"worker {worker.index} cannot open bundle {key}: {error.splitlines()[0]}"
                     )
                 self.opened.add(worker.index)
-            case QuantumDone(key, result, held) if key == self.spec.key:
+            case QuantumDone(key, result, held, records, checksums) if key == self.spec.key:
                 worker.busy = None
                 self._remember_recent(worker.index)
                 for dataset_id in held:
                     self.holder.setdefault(dataset_id, worker.index)
+                outputs = QuantumOutputs(
+                    {name: DatastoreRecordData.from_simple(data) for name, data in records.items()}, checksums
+                )
+                self.records.append(outputs.records)
+                self.checksums.update(checksums)
                 self._finish(result)
-            case Closed(key, io, records):
-                self._closed(io, records)
+                self.on_outputs(result, outputs)
+            case Closed(key, io):
+                self.io.add(io)
             case WorkerDied() as died:
                 self._worker_died(worker, died)
 
@@ -352,10 +374,6 @@ class _BundleExecution[W: Worker]:
                     self.ledger.block(self.dispatcher.failed(consumer), producer, reason)
                     self.dispatcher.block([consumer])
 
-    def _closed(self, io: IoCounts, records: dict[str, SerializedDatastoreRecordData]) -> None:
-        self.io.add(io)
-        self.records.append({name: DatastoreRecordData.from_simple(data) for name, data in records.items()})
-
     def _close_bundle(self) -> None:
         waiting = set()
         for worker in self.pool.workers:
@@ -365,7 +383,7 @@ class _BundleExecution[W: Worker]:
         while waiting and time.monotonic() < deadline:
             for worker, event in self.pool.events(POLL_SECONDS):
                 if isinstance(event, Closed) and event.key == self.spec.key:
-                    self._closed(event.io, event.records)
+                    self.io.add(event.io)
                     waiting.discard(worker.index)
                 elif isinstance(event, WorkerDied):
                     waiting.discard(worker.index)

@@ -71,14 +71,16 @@ class QuantumDone:
     key: str
     result: QuantumResult
     held: tuple[uuid.UUID, ...]
+    records: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """Serialized `DatastoreRecordData` (by datastore name) of the files the quantum wrote."""
+    checksums: dict[uuid.UUID, tuple[int, str]] = dataclasses.field(default_factory=dict)
+    """``(size, blake2b)`` of each of those files, by dataset ID."""
 
 
 @dataclasses.dataclass(frozen=True)
 class Closed:
     key: str
     io: IoCounts
-    records: dict[str, Any]
-    """Serialized `DatastoreRecordData` by datastore name."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,15 +150,16 @@ class SessionHost:
                 session = self.sessions[key]
                 session.butler.evict(evict)
                 result = session.run(quantum_id, worker=self.index)
-                return QuantumDone(key, result, tuple(session.butler.held()))
+                new = session.butler.take_new_outputs()
+                records = {name: data.to_simple() for name, data in new.records.items()}
+                return QuantumDone(key, result, tuple(session.butler.held()), records, new.checksums)
             case CloseBundle(key):
                 closing = self.sessions.pop(key, None)
                 if closing is None:
-                    return Closed(key, IoCounts(), {})
-                records = {k: v.to_simple() for k, v in closing.butler.persisted_records().items()}
+                    return Closed(key, IoCounts())
                 io = closing.butler.io
                 closing.close()
-                return Closed(key, io, records)
+                return Closed(key, io)
             case Ping():
                 return Pong(os.getpid())
         return None

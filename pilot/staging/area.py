@@ -2,7 +2,8 @@
 
 Layout under the staging root (default ``<repo>/pilot-staging/``)::
 
-    <bundle_id>/<attempt>/<dataset-ids-hash>.zip   outputs, in the zip format ``Butler.ingest_zip`` takes
+    <bundle_id>/<attempt>/<dataset-ids-hash>.zip   outputs, in the zip format ``Butler.ingest_zip`` takes, or
+    <bundle_id>/<attempt>/files/                   the same files and ``_butler_zip_index.json``, unzipped
     <bundle_id>/<attempt>/report.json              the bundle report
     <bundle_id>/<attempt>/provenance.json          host, site, software, per-quantum files and checksums
     <bundle_id>/manifest.json                      written last and atomically: the commit
@@ -22,6 +23,7 @@ import uuid
 from datetime import UTC, datetime
 
 import pydantic
+from lsst.daf.butler.datastores.file_datastore.retrieve_artifacts import ZipIndex
 from lsst.resources import ResourcePath
 
 from stagers.registry import stager_for
@@ -39,6 +41,11 @@ class Manifest(pydantic.BaseModel):
     output_run: str
     attempt: str
     zip: str | None = pydantic.Field(description="Zip path relative to the bundle's staging directory.")
+    files: str | None = pydantic.Field(
+        default=None,
+        description="Directory (relative to the bundle's) of the outputs and their _butler_zip_index.json; "
+        "the 'files' layout, in place of a zip.",
+    )
     zip_size: int = 0
     zip_sha256: str | None = None
     n_datasets: int = 0
@@ -112,6 +119,23 @@ def committed_bundles(root: ResourcePath) -> list[tuple[ResourcePath, Manifest]]
             manifest = Manifest.model_validate_json(stager.read(path.join(MANIFEST_NAME)))
             found.append((path, manifest))
     return sorted(found, key=lambda item: item[1].bundle_id)
+
+
+def read_index(directory: ResourcePath, manifest: Manifest) -> ZipIndex | None:
+    """The ``ZipIndex`` of a committed attempt's outputs (zip or files layout); `None` if it has none."""
+    if manifest.zip is not None:
+        return ZipIndex.from_zip_file(directory.join(manifest.zip))
+    if manifest.files is not None:
+        return ZipIndex.model_validate_json(
+            stager_for(directory).read(files_dir(directory, manifest).join(ZipIndex.index_name))
+        )
+    return None
+
+
+def files_dir(directory: ResourcePath, manifest: Manifest) -> ResourcePath:
+    """The directory of a files-layout attempt's outputs."""
+    assert manifest.files is not None
+    return directory.join(f"{manifest.files}/", forceDirectory=True)
 
 
 def _read(directory: ResourcePath, name: str) -> Manifest | None:

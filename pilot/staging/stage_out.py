@@ -1,23 +1,45 @@
-"""Stage-out: a bundle's outputs go to the DBB staging area as one committed unit.
+"""Stage-out: a bundle's outputs go to the DBB staging area as one committed unit, each byte once.
 
-The outputs are zipped (``QuantumBackedButler.retrieve_artifacts_zip``, the format
-``Butler.ingest_zip`` takes) and uploaded with the report and provenance into a new
-attempt directory; then the manifest commits it (layout and commit rules:
-`pilot.staging.area`).  Nothing is visible to ingest before the commit, and a pilot
-killed mid-upload leaves only an uncommitted attempt behind.
+`StageOut` opens a new attempt before the first quantum runs and places each
+quantum's files as the quantum finishes (`add`, on a background thread, so it
+overlaps the chains still computing); `finish` adds what an earlier run of the
+bundle left in the workspace, the index, the report and provenance, and commits
+(layout and commit rules: `pilot.staging.area`).  Files are placed with the
+stack's own ``Datastore.retrieveArtifacts``; the index is the ``ZipIndex`` that
+``Butler.ingest_zip`` reads, so both layouts carry the same description:
+
+- **files** — a staging area the job sees as a local directory (the ``file``
+  stager): each output is hard-linked into ``<attempt>/files/`` (copied once when
+  the workspace is on another filesystem), next to ``_butler_zip_index.json``.
+  Nothing is written twice and nothing is read again.
+- **zip** — a remote staging area (WebDAV, S3): the files are hard-linked into the
+  workspace's ``stage-out/`` (free), then streamed once into an uncompressed zip,
+  with its sha256 computed as it is written, and the zip is uploaded once.
+
+Nothing is visible to ingest before the manifest commit, and a pilot killed
+mid-way leaves only an uncommitted attempt behind.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
 import logging
+import os
 import time
 import uuid
+import zipfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import IO, Any
 
-from lsst.daf.butler import DatasetRef, Quantum
+from lsst.daf.butler import DatasetRef, Quantum, QuantumBackedButler
 from lsst.daf.butler.datastore.record_data import DatastoreRecordData
+from lsst.daf.butler.datastores.file_datastore.retrieve_artifacts import (
+    ArtifactIndexInfo,
+    SerializedDatasetRefContainerV1,
+    ZipIndex,
+)
 from lsst.pipe.base.quantum_graph import PredictedQuantumGraph
 from lsst.resources import ResourcePath
 
@@ -31,6 +53,8 @@ from . import area
 from .retry import RetryCounter, RetryPolicy, with_retries
 
 _LOG = logging.getLogger(__name__)
+
+FILES_DIR = "files"
 
 
 def produced_refs(
@@ -69,87 +93,284 @@ def produced_refs(
     return [ref for ref, present in stored.items() if present]
 
 
-def stage_out(
-    *,
-    qg: PredictedQuantumGraph,
-    refs: list[DatasetRef],
-    bundle_id: str,
-    output_run: str,
-    local_repo: str,
-    work_dir: Path,
-    report_json: bytes,
-    provenance_json: bytes | None = None,
-    staging_root: ResourcePath,
-    records: Mapping[str, DatastoreRecordData] | None = None,
-    retry: RetryPolicy | None = None,
-) -> StageOutRecord:
-    """Zip ``refs`` from the local datastore, upload zip, report and provenance, then commit.
+class StageOut:
+    """One bundle's stage-out: a new attempt, filled as quanta finish, committed by `finish`.
 
-    Transient transfer failures are retried per ``retry`` (counted in the record).
-
-    Raises
-    ------
-    StageOutError
-        Anything went wrong; the workspace still holds every output, and no manifest
-        naming an incomplete attempt was written.
+    Parameters
+    ----------
+    qg : `PredictedQuantumGraph`
+        The bundle's graph.
+    quanta : `~collections.abc.Mapping` [`uuid.UUID`, `Quantum`]
+        The bundle's quanta (for their output refs).
+    bundle_id, output_run : `str`
+        The bundle and its RUN collection.
+    local_repo : `str`
+        The workspace datastore's configuration.
+    work_dir : `pathlib.Path`
+        The workspace's stage-out directory (report and provenance copies; the zip's files).
+    staging_root : `lsst.resources.ResourcePath`
+        The staging area.
+    retry : `RetryPolicy`
+        How transfers are retried.
     """
-    start = time.perf_counter()
-    zip_path = _assemble_zip(qg, refs, local_repo, work_dir, records)
-    directory = area.bundle_dir(staging_root, bundle_id)
-    upload = _Uploader(directory, retry or RetryPolicy())
-    try:
-        attempt = area.new_attempt()
-        zip_name = upload.file(zip_path, f"{attempt}/{zip_path.basename()}") if zip_path else None
-        upload.bytes_(report_json, work_dir / "report.json", f"{attempt}/report.json")
-        provenance_name = None
-        if provenance_json is not None:
-            provenance_name = f"{attempt}/provenance.json"
-            upload.bytes_(provenance_json, work_dir / "provenance.json", provenance_name)
-        manifest = area.Manifest(
-            bundle_id=bundle_id,
-            output_run=output_run,
-            attempt=attempt,
-            zip=zip_name,
-            zip_size=zip_path.size() if zip_path else 0,
-            zip_sha256=_sha256(Path(zip_path.ospath)) if zip_path else None,
-            n_datasets=len(refs),
-            report=f"{attempt}/report.json",
-            provenance=provenance_name,
-            committed_at=now().isoformat(),
+
+    def __init__(
+        self,
+        *,
+        qg: PredictedQuantumGraph,
+        quanta: Mapping[uuid.UUID, Quantum],
+        bundle_id: str,
+        output_run: str,
+        local_repo: str,
+        work_dir: Path,
+        staging_root: ResourcePath,
+        retry: RetryPolicy,
+    ) -> None:
+        self.qg, self.quanta, self.bundle_id, self.output_run = qg, quanta, bundle_id, output_run
+        self.local_repo = local_repo
+        self.work_dir = work_dir
+        self.attempt = area.new_attempt()
+        self.directory = area.bundle_dir(staging_root, bundle_id)
+        self.upload = _Uploader(self.directory, retry)
+        self.started = time.perf_counter()
+        try:
+            local = self.upload.stager.local_path(self.directory.join(f"{self.attempt}/"))
+        except PluginNotFound as err:
+            raise StageOutError(
+                f"stage-out of bundle {bundle_id} to {self.directory} failed: {err}"
+            ) from None
+        self.layout = "zip" if local is None else "files"
+        self.files = (local if local is not None else work_dir / self.attempt) / FILES_DIR
+        self._transfer: str | None = None
+        self._qbb: QuantumBackedButler | None = None
+        self._artifacts: dict[ResourcePath, ArtifactIndexInfo] = {}
+        self._refs: dict[uuid.UUID, DatasetRef] = {}
+        self._placing = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="pilot-stage-out")
+        self._pending: list[concurrent.futures.Future[None]] = []
+        self._closed = False
+
+    # -- as quanta finish ---------------------------------------------------------------------
+
+    def add(self, result: QuantumResult, records: Mapping[str, DatastoreRecordData]) -> None:
+        """Place the staged files of a finished quantum (in the background; errors surface in `finish`)."""
+        written = {dataset_id for data in records.values() for dataset_id in data.records}
+        refs = [ref for ref in self._wanted(result) if ref.id in written]
+        if refs:
+            self._pending.append(self._placing.submit(self._place, refs, dict(records)))
+
+    def _wanted(self, result: QuantumResult) -> list[DatasetRef]:
+        return _wanted_refs(self.qg, self.quanta, [result])
+
+    def _butler(self) -> QuantumBackedButler:
+        # The workspace butler's registry is an in-memory sqlite database, which lives in
+        # the connection of the thread that made it: it is made, used and closed only on
+        # the placing thread.
+        if self._qbb is None:
+            self._qbb = workspace_butler(self.qg, self.local_repo, outputs=_all_outputs(self.quanta))
+        return self._qbb
+
+    def _close_butler(self) -> None:
+        if self._qbb is not None:
+            self._qbb.close()
+
+    def _place_leftover(self, leftover: list[DatasetRef]) -> None:
+        present = [ref for ref, ok in self._butler().stored_many(leftover).items() if ok]
+        if present:
+            self._place(present, None)
+
+    def _place(self, refs: list[DatasetRef], records: Mapping[str, DatastoreRecordData] | None) -> None:
+        if self._transfer is None:
+            self.files.mkdir(parents=True, exist_ok=True)
+            # Hard links where the workspace and the attempt share a filesystem: no byte is copied.
+            same_device = (
+                os.stat(self.files).st_dev
+                == os.stat(Path(ResourcePath(self.local_repo).ospath).parent).st_dev
+            )
+            self._transfer = "hardlink" if same_device else "copy"
+        datastore = self._butler()._datastore  # type: ignore[attr-defined]
+        if records:
+            datastore.import_records(records)
+        # Datastore.retrieveArtifacts is what QuantumBackedButler.retrieve_artifacts_zip uses;
+        # called directly it places files by link instead of copying them into a temporary
+        # directory, and returns the index entries without writing an index per call.
+        self._artifacts.update(
+            datastore.retrieveArtifacts(
+                refs,
+                ResourcePath(self.files, forceDirectory=True),
+                transfer=self._transfer,
+                preserve_path=False,
+                overwrite=True,
+                write_index=False,
+                add_prefix=True,
+            )
         )
-        upload.commit(manifest)
-    except (TransferError, PluginNotFound) as err:
-        raise StageOutError(f"stage-out of bundle {bundle_id} to {directory} failed: {err}") from None
-    finally:
-        upload.stats.retries = upload.counter.count
-    upload.stats.seconds = time.perf_counter() - start
-    _LOG.info("Committed %d datasets of bundle %s to %s.", len(refs), bundle_id, directory)
-    return StageOutRecord(
-        manifest=str(directory.join(area.MANIFEST_NAME)),
-        zip=zip_name,
-        n_datasets=len(refs),
-        transfer=upload.stats,
-    )
+        self._refs.update((ref.id, ref) for ref in refs)
+
+    # -- at the end ---------------------------------------------------------------------------
+
+    def complete(self, results: list[QuantumResult]) -> set[uuid.UUID]:
+        """Wait for the background placing, place what earlier runs left; return the staged IDs.
+
+        Raises
+        ------
+        StageOutError
+            A file could not be placed; the workspace still holds every output.
+        """
+        self.started = time.perf_counter()  # stage-out's own time: what is left after execution
+        try:
+            for future in self._pending:
+                future.result()
+            self._pending.clear()
+            leftover = [
+                ref for ref in _wanted_refs(self.qg, self.quanta, results) if ref.id not in self._refs
+            ]
+            if leftover:
+                # Quanta an earlier run here finished (resumed): their files are in the
+                # workspace, their records are not in this process; trust mode finds them.
+                self._placing.submit(self._place_leftover, leftover).result()
+        except Exception as err:
+            raise StageOutError(
+                f"cannot place the outputs of bundle {self.bundle_id}: {type(err).__name__}: {err}"
+            ) from None
+        return set(self._refs)
+
+    def commit(self, report_json: bytes, provenance_json: bytes) -> StageOutRecord:
+        """Write the index, upload what is left to upload, and commit the attempt with the manifest.
+
+        Raises
+        ------
+        StageOutError
+            Anything went wrong; the workspace still holds every output, and no
+            manifest naming an incomplete attempt was written.
+        """
+        try:
+            files_name, zip_name, zip_size, zip_sha256 = self._seal()
+            self.upload.bytes_(report_json, self.work_dir / "report.json", f"{self.attempt}/report.json")
+            provenance_name = f"{self.attempt}/provenance.json"
+            self.upload.bytes_(provenance_json, self.work_dir / "provenance.json", provenance_name)
+            self.upload.commit(
+                area.Manifest(
+                    bundle_id=self.bundle_id,
+                    output_run=self.output_run,
+                    attempt=self.attempt,
+                    zip=zip_name,
+                    zip_size=zip_size,
+                    zip_sha256=zip_sha256,
+                    files=files_name,
+                    n_datasets=len(self._refs),
+                    report=f"{self.attempt}/report.json",
+                    provenance=provenance_name,
+                    committed_at=now().isoformat(),
+                )
+            )
+        except (TransferError, PluginNotFound, OSError) as err:
+            raise StageOutError(
+                f"stage-out of bundle {self.bundle_id} to {self.directory} failed: {err}"
+            ) from None
+        finally:
+            self.upload.stats.retries = self.upload.counter.count
+        self.upload.stats.seconds = time.perf_counter() - self.started
+        _LOG.info(
+            "Committed %d datasets of bundle %s to %s.", len(self._refs), self.bundle_id, self.directory
+        )
+        return StageOutRecord(
+            manifest=str(self.directory.join(area.MANIFEST_NAME)),
+            zip=zip_name,
+            files=files_name,
+            n_datasets=len(self._refs),
+            transfer=self.upload.stats,
+        )
+
+    def staged_ids(self) -> set[uuid.UUID]:
+        """IDs of the datasets placed so far."""
+        return set(self._refs)
+
+    def close(self) -> None:
+        """Stop the background placing (waiting for what is under way) and release the butler."""
+        if self._closed:
+            return
+        self._closed = True
+        self._placing.submit(self._close_butler)
+        self._placing.shutdown(wait=True)
+
+    def _seal(self) -> tuple[str | None, str | None, int, str | None]:
+        """Write the index; return ``(files dir, zip name, zip size, zip sha256)`` relative to the bundle."""
+        if not self._refs:
+            return None, None, 0, None
+        index = ZipIndex(
+            refs=SerializedDatasetRefContainerV1.from_refs(self._refs.values()),
+            artifact_map={
+                name: self._artifacts[path]
+                for path, name in ZipIndex.calc_relative_paths(
+                    ResourcePath(self.files, forceDirectory=True), self._artifacts
+                ).items()
+            },
+        )
+        if self.layout == "files":
+            index.write_index(ResourcePath(self.files, forceDirectory=True))
+            return f"{self.attempt}/{FILES_DIR}", None, 0, None
+        zip_path = self.work_dir / self.attempt / index.calculate_zip_file_name()
+        size, sha256 = _write_zip(zip_path, index, self.files)
+        self.upload.file(ResourcePath(zip_path), f"{self.attempt}/{zip_path.name}")
+        return None, f"{self.attempt}/{zip_path.name}", size, sha256
 
 
-def _assemble_zip(
-    qg: PredictedQuantumGraph,
-    refs: list[DatasetRef],
-    local_repo: str,
-    work_dir: Path,
-    records: Mapping[str, DatastoreRecordData] | None,
-) -> ResourcePath | None:
-    """The outputs' zip in ``work_dir``, or `None` when there is nothing to stage."""
-    work_dir.mkdir(parents=True, exist_ok=True)
-    if not refs:
-        return None
-    qbb = workspace_butler(qg, local_repo, outputs=(ref.id for ref in refs), records=records)
-    try:
-        return qbb.retrieve_artifacts_zip(refs, ResourcePath(work_dir, forceDirectory=True))
-    except Exception as err:
-        raise StageOutError(f"cannot assemble the output zip in {work_dir}: {err}") from None
-    finally:
-        qbb.close()
+def _all_outputs(quanta: Mapping[uuid.UUID, Quantum]) -> list[uuid.UUID]:
+    return [ref.id for quantum in quanta.values() for refs in quantum.outputs.values() for ref in refs]
+
+
+def _wanted_refs(
+    qg: PredictedQuantumGraph, quanta: Mapping[uuid.UUID, Quantum], results: Iterable[QuantumResult]
+) -> list[DatasetRef]:
+    """Every output of succeeded quanta, and the logs of failed ones, typed as the DBB types them."""
+    wanted: list[DatasetRef] = []
+    for result in results:
+        if result.status not in ("succeeded", "failed"):
+            continue
+        log_name = qg.pipeline_graph.tasks[result.task_label].log_output
+        for refs in quanta[result.quantum_id].outputs.values():
+            for ref in refs:
+                if result.status == "failed" and (
+                    log_name is None or ref.datasetType.name != log_name.dataset_type_name
+                ):
+                    continue
+                registry_type = qg.pipeline_graph.dataset_types[ref.datasetType.name].dataset_type
+                wanted.append(ref.overrideStorageClass(registry_type.storageClass_name))
+    return wanted
+
+
+class _HashingWriter:
+    """A write-only, unseekable file: `zipfile` then streams (data descriptors) and we hash as it goes."""
+
+    def __init__(self, stream: IO[bytes]) -> None:
+        self._stream = stream
+        self._position = 0
+        self.sha256 = hashlib.sha256()
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data)
+        self._stream.write(view)
+        self.sha256.update(view)
+        self._position += view.nbytes
+        return view.nbytes
+
+    def tell(self) -> int:
+        return self._position
+
+    def flush(self) -> None:
+        self._stream.flush()
+
+
+def _write_zip(zip_path: Path, index: ZipIndex, files: Path) -> tuple[int, str]:
+    """Write the files and index as an uncompressed zip in one pass; return its size and sha256."""
+    zip_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(zip_path, "wb") as raw:
+        writer = _HashingWriter(raw)
+        with zipfile.ZipFile(writer, "w", zipfile.ZIP_STORED) as archive:  # type: ignore[call-overload]
+            archive.writestr(ZipIndex.index_name, index.model_dump_json(), zipfile.ZIP_DEFLATED)
+            for name in index.artifact_map:
+                archive.write(files / name, name)
+    return writer.tell(), writer.sha256.hexdigest()
 
 
 class _Uploader:
@@ -199,8 +420,3 @@ class _Uploader:
         self.stats.files += 1
         self.stats.bytes += copied
         return copied
-
-
-def _sha256(path: Path) -> str:
-    with open(path, "rb") as stream:
-        return hashlib.file_digest(stream, "sha256").hexdigest()

@@ -104,6 +104,9 @@ def _extract_from(
             f"this bundle consumes outputs of bundle {upstream}, which has not committed its stage-out "
             f"to {bundle_dir}"
         )
+    if manifest.files is not None:
+        _link_from_files(upstream, area.files_dir(bundle_dir, manifest), remaining, qbb, stats)
+        return
     if manifest.zip is None:
         return
     local_zip = ResourcePath(workspace.root / "upstream" / f"{upstream}-{manifest.attempt}.zip")
@@ -123,3 +126,27 @@ def _extract_from(
                 # The local datastore reads in trust mode from its predicted location.
                 target = qbb._datastore.getURI(ref, predict=True).replace(fragment="")
                 target.write(archive.read(path_in_zip), overwrite=True)
+
+
+def _link_from_files(
+    upstream: str,
+    files: ResourcePath,
+    remaining: dict[uuid.UUID, DatasetRef],
+    qbb: QuantumBackedButler,
+    stats: TransferStats,
+) -> None:
+    """Fetch the needed files of a files-layout stage-out into their predicted workspace locations."""
+    try:
+        stager = stager_for(files)
+        index = ZipIndex.model_validate_json(stager.read(files.join(ZipIndex.index_name)))
+        for name, info in index.artifact_map.items():
+            for dataset_id in info.ids:
+                ref = remaining.pop(dataset_id, None)
+                if ref is None:
+                    continue
+                # The local datastore reads in trust mode from its predicted location.
+                target = qbb._datastore.getURI(ref, predict=True).replace(fragment="")
+                stats.bytes += stager.fetch(files.join(name), target)
+                stats.files += 1
+    except TransferError as err:
+        raise StageInError(f"cannot fetch upstream bundle {upstream}'s outputs: {err}") from None
