@@ -9,6 +9,10 @@ runs each executor as a real subprocess timed from outside:
 ``pilot``
     ``pilot bundle`` (one bundle, timed but not counted) then ``pilot run`` (timed), with
     ``--processes N`` only if ``pilot run --help`` offers it.
+``pilot-nohash``
+    The same, with the bundle's ``staging.verify_checksums: false``: no blake2b of inputs
+    or outputs (which ``pipetask run-qbb`` does not compute either); the provenance record
+    then keeps sizes only.
 ``pilot-transient`` (with ``--transient``)
     The same, with the middle intermediate dataset type listed in the bundle's
     ``execution.transient_dataset_types`` (only if the bundle schema has that property).
@@ -49,7 +53,7 @@ from typing import Any
 
 import psutil
 
-EXECUTORS = ("pilot", "pilot-transient", "j1", "jN", "sampled")
+EXECUTORS = ("pilot", "pilot-nohash", "pilot-transient", "j1", "jN", "sampled")
 IO_FIELDS = ("rchar", "wchar", "read_bytes", "write_bytes", "cancelled_write_bytes")
 POLL_SECONDS = 0.05
 OUTLIVE_TIMEOUT = 30.0
@@ -519,12 +523,15 @@ def run_pilot(
     processes: int,
     pass_processes: bool,
     transient: str | None,
+    no_hashing: bool = False,
 ) -> ExecutorResult:
     """``pilot bundle`` (untimed for the comparison) then ``pilot run`` (timed)."""
     workers = processes if pass_processes else 1
     label = f"pilot run{f' --processes {processes}' if pass_processes else ''}"
     if transient:
         label += f" (transient {transient})"
+    if no_hashing:
+        label += " (staging.verify_checksums: false)"
     result = ExecutorResult(key=key, label=label, workers=workers, quanta=setup.n_quanta)
     if not pass_processes:
         result.notes.append("pilot run has no --processes option: ran sequentially (1 worker)")
@@ -548,6 +555,11 @@ def run_pilot(
         document.setdefault("execution", {})["transient_dataset_types"] = [transient]
         bundle_file.write_text(json.dumps(document, indent=2) + "\n")
         result.notes.append(f"bundle execution.transient_dataset_types = [{transient!r}]")
+    if no_hashing:  # no blake2b of inputs or outputs: what pipetask run-qbb does not do either
+        document = json.loads(bundle_file.read_text())
+        document.setdefault("staging", {})["verify_checksums"] = False
+        bundle_file.write_text(json.dumps(document, indent=2) + "\n")
+        result.notes.append("bundle staging.verify_checksums = false")
     workspace = workdir / f"ws-{key}"
     command: list[str | Path] = [bin_path("pilot"), "run", bundle_file, "--workspace", workspace]
     if pass_processes:
@@ -1023,7 +1035,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             wanted.remove("pilot-transient")
     for note in skipped_notes:
         print(note, flush=True)
-    pass_processes = pilot_run_has_processes() if {"pilot", "pilot-transient"} & set(wanted) else False
+    pilots = {"pilot", "pilot-nohash", "pilot-transient"}
+    pass_processes = pilot_run_has_processes() if pilots & set(wanted) else False
 
     print(
         f"building: {args.data_ids} data IDs x {args.tasks} tasks, sleep {args.sleep} s, "
@@ -1043,7 +1056,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     results: list[ExecutorResult] = []
     for key in wanted:
         print(f"running {key} ...", flush=True)
-        if key in ("pilot", "pilot-transient"):
+        if key in ("pilot", "pilot-nohash", "pilot-transient"):
             result = run_pilot(
                 key,
                 setup,
@@ -1052,6 +1065,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 processes=args.processes,
                 pass_processes=pass_processes,
                 transient=transient_name if key == "pilot-transient" else None,
+                no_hashing=key == "pilot-nohash",
             )
         elif key == "j1":
             result = run_pipetask(key, setup, dbbs[key], workdir, 1)

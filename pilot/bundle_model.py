@@ -94,8 +94,9 @@ class StagingSpec(_Strict):
     stage_out: bool = pydantic.Field(default=True, description="Stage outputs to the DBB staging area.")
     verify_checksums: bool = pydantic.Field(
         default=True,
-        description="Verify input sizes and blake2b checksums (against the DBB's records where it has them; "
-        "the digests also go to the provenance record). False: no hashing, faster stage-in.",
+        description="Verify input sizes and blake2b checksums (against the DBB's records where it has them) "
+        "and hash every output once, as its worker writes it; the digests go to the provenance record. "
+        "False: no hashing at all (provenance keeps sizes and the DBB's own checksums).",
     )
     parallel_transfers: int = pydantic.Field(default=8, ge=1, description="Concurrent file transfers.")
     retry_attempts: int = pydantic.Field(

@@ -243,6 +243,7 @@ def _execute(
         raise_on_partial_outputs=execution.raise_on_partial_outputs,
         transient=tuple(execution.transient_dataset_types),
         fresh_workspace=job.workspace.fresh,
+        hash_outputs=job.bundle.staging.verify_checksums,
     )
     return execute_bundle(
         job.qg,
@@ -341,7 +342,15 @@ def _stage_out(
             return None, error
         checksums = dict(facts.execution.checksums)
         unhashed = [ref for ref in _refs_of(job, staged) if ref.id not in checksums]
-        checksums.update(output_files(job.qg, str(job.local_repo), unhashed, facts.execution.records))
+        checksums.update(
+            output_files(
+                job.qg,
+                str(job.local_repo),
+                unhashed,
+                facts.execution.records,
+                hash_files=bundle.staging.verify_checksums,
+            )
+        )
         provenance = build_provenance(
             bundle_id=bundle.bundle_id,
             output_run=bundle.dbb.output_run,

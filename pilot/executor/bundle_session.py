@@ -40,6 +40,8 @@ class SessionSpec:
     raise_on_partial_outputs: bool = True
     transient: tuple[str, ...] = ()
     fresh_workspace: bool = False
+    hash_outputs: bool = True
+    """Hash each file the quanta write (blake2b, for provenance); ``staging.verify_checksums``."""
 
 
 def in_bundle_consumers(
@@ -80,7 +82,12 @@ class BundleSession:
             datastore_records=DatastoreRecordData.merge_mappings(*records),
             dataset_types={d.name: d.dataset_type for d in self.qg.pipeline_graph.dataset_types.values()},
         )
-        self.butler = ChainingButler(qbb, in_bundle_consumers(self.qg, spec.quantum_ids), spec.transient)
+        self.butler = ChainingButler(
+            qbb,
+            in_bundle_consumers(self.qg, spec.quantum_ids),
+            spec.transient,
+            hash_outputs=spec.hash_outputs,
+        )
         self.activator = activator_class(spec.activator)(
             ActivatorContext(
                 butler=self.butler,

@@ -42,7 +42,7 @@ class NewOutputs:
     """What a butler wrote since it was last asked: datastore records and ``(size, blake2b)`` by ID."""
 
     records: dict[str, DatastoreRecordData]
-    checksums: dict[uuid.UUID, tuple[int, str]]
+    checksums: dict[uuid.UUID, tuple[int, str | None]]
 
 
 def _digest(path: str) -> tuple[int, str]:
@@ -66,8 +66,14 @@ class ChainingButler(LimitedButler):
     """
 
     def __init__(
-        self, wrapped: QuantumBackedButler, consumers: Mapping[uuid.UUID, int], transient: Iterable[str] = ()
+        self,
+        wrapped: QuantumBackedButler,
+        consumers: Mapping[uuid.UUID, int],
+        transient: Iterable[str] = (),
+        *,
+        hash_outputs: bool = True,
     ) -> None:
+        self._hash_outputs = hash_outputs
         self._wrapped = wrapped
         self.storageClasses = wrapped.storageClasses
         self._consumers = dict(consumers)
@@ -103,13 +109,17 @@ class ChainingButler(LimitedButler):
         records, size = self._export(new)
         self.io.bytes_written += size
         root = self._wrapped._datastore.root  # type: ignore[attr-defined]
-        checksums: dict[uuid.UUID, tuple[int, str]] = {}
+        checksums: dict[uuid.UUID, tuple[int, str | None]] = {}
         for data in records.values():
             for dataset_id, tables in data.records.items():
                 for rows in tables.values():
                     for info in rows:
-                        if isinstance(info, StoredFileInfo):
+                        if not isinstance(info, StoredFileInfo):
+                            continue
+                        if self._hash_outputs:
                             checksums[dataset_id] = _digest(root.join(info.path).ospath)
+                        else:
+                            checksums[dataset_id] = (info.file_size, None)
         return NewOutputs(records, checksums)
 
     def _export(self, refs: list[DatasetRef]) -> tuple[dict[str, DatastoreRecordData], int]:

@@ -44,7 +44,7 @@ class ExecutionOutcome:
     io: IoCounts
     records: dict[str, DatastoreRecordData]
     """Datastore records of every dataset written to the workspace."""
-    checksums: dict[uuid.UUID, tuple[int, str]] = dataclasses.field(default_factory=dict)
+    checksums: dict[uuid.UUID, tuple[int, str | None]] = dataclasses.field(default_factory=dict)
     """``(size, blake2b)`` of every file written, by dataset ID."""
     workers_replaced: int = 0
 
@@ -54,7 +54,7 @@ class QuantumOutputs:
     """The files one finished quantum wrote, as its worker reported them."""
 
     records: dict[str, DatastoreRecordData]
-    checksums: dict[uuid.UUID, tuple[int, str]]
+    checksums: dict[uuid.UUID, tuple[int, str | None]]
 
 
 def execution_order(qg: PredictedQuantumGraph, quantum_ids: Iterable[uuid.UUID]) -> list[uuid.UUID]:
@@ -188,7 +188,7 @@ class _BundleExecution[W: Worker]:
         self.dispatcher = DepthFirstDispatcher(self.xgraph, order, self.sticky)
         self.io = IoCounts()
         self.records: list[dict[str, DatastoreRecordData]] = []
-        self.checksums: dict[uuid.UUID, tuple[int, str]] = {}
+        self.checksums: dict[uuid.UUID, tuple[int, str | None]] = {}
         self.opened: set[int] = set()
         self.recent: list[int] = []
         self.holder: dict[uuid.UUID, int] = {}

@@ -73,7 +73,7 @@ class QuantumDone:
     held: tuple[uuid.UUID, ...]
     records: dict[str, Any] = dataclasses.field(default_factory=dict)
     """Serialized `DatastoreRecordData` (by datastore name) of the files the quantum wrote."""
-    checksums: dict[uuid.UUID, tuple[int, str]] = dataclasses.field(default_factory=dict)
+    checksums: dict[uuid.UUID, tuple[int, str | None]] = dataclasses.field(default_factory=dict)
     """``(size, blake2b)`` of each of those files, by dataset ID."""
 
 

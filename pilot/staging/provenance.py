@@ -69,16 +69,18 @@ def output_files(
     local_repo: str,
     refs: list[DatasetRef],
     records: Mapping[str, DatastoreRecordData] | None,
-) -> dict[uuid.UUID, tuple[int, str]]:
-    """Size and blake2b checksum of each staged output's file in the workspace datastore."""
+    *,
+    hash_files: bool = True,
+) -> dict[uuid.UUID, tuple[int, str | None]]:
+    """Size and blake2b checksum (if ``hash_files``) of each staged output's file in the workspace."""
     if not refs:
         return {}
     qbb = workspace_butler(qg, local_repo, outputs=(ref.id for ref in refs), records=records)
-    found: dict[uuid.UUID, tuple[int, str]] = {}
+    found: dict[uuid.UUID, tuple[int, str | None]] = {}
     try:
         for ref in refs:
             path = Path(qbb._datastore.getURI(ref).ospath)
-            found[ref.id] = (path.stat().st_size, blake2b_of(path))
+            found[ref.id] = (path.stat().st_size, blake2b_of(path) if hash_files else None)
     finally:
         qbb.close()
     return found
@@ -93,7 +95,7 @@ def build_provenance(
     quanta: Mapping[uuid.UUID, Quantum],
     results: list[QuantumResult],
     input_checksums: Mapping[uuid.UUID, tuple[int, str | None]],
-    outputs: Mapping[uuid.UUID, tuple[int, str]],
+    outputs: Mapping[uuid.UUID, tuple[int, str | None]],
 ) -> Provenance:
     """Assemble the record from the run's results and the checksums gathered in staging."""
     files = {**input_checksums, **outputs}
