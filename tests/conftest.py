@@ -342,3 +342,50 @@ def wait_for(condition, what: str):  # type: ignore[no-untyped-def]
         assert time.monotonic() < deadline, f"gave up waiting for {what}"
         time.sleep(0.2)
     return value
+
+
+@dataclasses.dataclass
+class BackgroundRun:
+    """A ``pilot run`` in the background; its stderr goes to a file (an unread pipe could block it)."""
+
+    proc: subprocess.Popen[str]
+    workspace: Path
+    repo_run: Path
+    stderr: Path
+    camp: Campaign
+
+    def wait_for(self, condition: Callable[[], bool], what: str) -> None:
+        deadline = time.monotonic() + 120  # a bound on waiting, not an assertion on speed
+        while not condition():
+            assert self.proc.poll() is None, self.stderr.read_text()
+            assert time.monotonic() < deadline, f"{what} never happened"
+            time.sleep(0.05)
+
+    def has_log(self, label: str) -> bool:
+        """Whether a quantum of ``label`` finished (a quantum writes its log last)."""
+        logs = self.repo_run / f"{label}_log"
+        return logs.exists() and any(logs.iterdir())
+
+    def finish(self) -> str:
+        self.proc.wait(timeout=120)
+        return self.stderr.read_text()
+
+
+def start_run(
+    tmp_path: Path, chain: tuple[TaskSpec, ...], *options: str, log_level: str = "WARNING"
+) -> BackgroundRun:
+    """Start ``pilot run`` in the background on a 4-detector bundle of ``chain``."""
+    camp = make_campaign(tmp_path, chain, n_detectors=4)
+    assert pilot("bundle", camp.qgraph, "--repo", camp.repo, "--out", camp.bundles_dir).returncode == 0
+    (bundle,) = camp.bundle_files()
+    workspace = tmp_path / "ws"
+    stderr = tmp_path / "stderr.log"
+    with open(stderr, "w") as sink:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pilot.cli", "--log-level", log_level, "run", str(bundle)]
+            + ["--workspace", str(workspace), *options],
+            stdout=subprocess.DEVNULL,
+            stderr=sink,
+            text=True,
+        )
+    return BackgroundRun(proc, workspace, workspace / bundle.stem / "repo" / "test" / "run1", stderr, camp)
