@@ -142,6 +142,7 @@ class StageOut:
         self.layout = "zip" if local is None else "files"
         self.files = (local if local is not None else work_dir / self.attempt) / FILES_DIR
         self._transfer: str | None = None
+        self._zip = _StreamingZip(work_dir / self.attempt) if local is None else None
         self._qbb: QuantumBackedButler | None = None
         self._artifacts: dict[ResourcePath, ArtifactIndexInfo] = {}
         self._refs: dict[uuid.UUID, DatasetRef] = {}
@@ -193,17 +194,20 @@ class StageOut:
         # Datastore.retrieveArtifacts is what QuantumBackedButler.retrieve_artifacts_zip uses;
         # called directly it places files by link instead of copying them into a temporary
         # directory, and returns the index entries without writing an index per call.
-        self._artifacts.update(
-            datastore.retrieveArtifacts(
-                refs,
-                ResourcePath(self.files, forceDirectory=True),
-                transfer=self._transfer,
-                preserve_path=False,
-                overwrite=True,
-                write_index=False,
-                add_prefix=True,
-            )
+        root = ResourcePath(self.files, forceDirectory=True)
+        placed = datastore.retrieveArtifacts(
+            refs,
+            root,
+            transfer=self._transfer,
+            preserve_path=False,
+            overwrite=True,
+            write_index=False,
+            add_prefix=True,
         )
+        if self._zip is not None:  # remote staging: into the zip now, while chains compute
+            for path, name in ZipIndex.calc_relative_paths(root, placed).items():
+                self._zip.add(Path(path.ospath), name)
+        self._artifacts.update(placed)
         self._refs.update((ref.id, ref) for ref in refs)
 
     # -- at the end ---------------------------------------------------------------------------
@@ -292,6 +296,8 @@ class StageOut:
         self._closed = True
         self._placing.submit(self._close_butler)
         self._placing.shutdown(wait=True)
+        if self._zip is not None:
+            self._zip.abandon()
 
     def _seal(self) -> tuple[str | None, str | None, int, str | None]:
         """Write the index; return ``(files dir, zip name, zip size, zip sha256)`` relative to the bundle."""
@@ -309,8 +315,8 @@ class StageOut:
         if self.layout == "files":
             index.write_index(ResourcePath(self.files, forceDirectory=True))
             return f"{self.attempt}/{FILES_DIR}", None, 0, None
-        zip_path = self.work_dir / self.attempt / index.calculate_zip_file_name()
-        size, sha256 = _write_zip(zip_path, index, self.files)
+        assert self._zip is not None
+        zip_path, size, sha256 = self._zip.finish(index)
         self.upload.file(ResourcePath(zip_path), f"{self.attempt}/{zip_path.name}")
         return None, f"{self.attempt}/{zip_path.name}", size, sha256
 
@@ -361,16 +367,50 @@ class _HashingWriter:
         self._stream.flush()
 
 
-def _write_zip(zip_path: Path, index: ZipIndex, files: Path) -> tuple[int, str]:
-    """Write the files and index as an uncompressed zip in one pass; return its size and sha256."""
-    zip_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(zip_path, "wb") as raw:
-        writer = _HashingWriter(raw)
-        with zipfile.ZipFile(writer, "w", zipfile.ZIP_STORED) as archive:  # type: ignore[call-overload]
-            archive.writestr(ZipIndex.index_name, index.model_dump_json(), zipfile.ZIP_DEFLATED)
-            for name in index.artifact_map:
-                archive.write(files / name, name)
-    return writer.tell(), writer.sha256.hexdigest()
+class _StreamingZip:
+    """An uncompressed zip written member by member as files are placed; named and hashed when done.
+
+    The zip's name (``ZipIndex.calculate_zip_file_name``) depends on the index, known
+    only at the end, so it is written under a temporary name and renamed.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.partial = directory / ".outputs.zip.partial"
+        self._raw: IO[bytes] | None = None
+        self._writer: _HashingWriter | None = None
+        self._archive: zipfile.ZipFile | None = None
+
+    def add(self, path: Path, name: str) -> None:
+        self._open().write(path, name)
+
+    def _open(self) -> zipfile.ZipFile:
+        if self._archive is None:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            self._raw = open(self.partial, "wb")  # noqa: SIM115 - closed in finish/abandon
+            self._writer = _HashingWriter(self._raw)
+            self._archive = zipfile.ZipFile(self._writer, "w", zipfile.ZIP_STORED)  # type: ignore[call-overload]
+        return self._archive
+
+    def finish(self, index: ZipIndex) -> tuple[Path, int, str]:
+        """Add the index, close, rename; return the zip, its size and sha256."""
+        archive = self._open()
+        archive.writestr(ZipIndex.index_name, index.model_dump_json(), zipfile.ZIP_DEFLATED)
+        archive.close()
+        assert self._writer is not None and self._raw is not None
+        self._raw.close()
+        self._archive = None
+        final = self.directory / index.calculate_zip_file_name()
+        os.replace(self.partial, final)
+        return final, self._writer.tell(), self._writer.sha256.hexdigest()
+
+    def abandon(self) -> None:
+        """Close an unfinished zip (the attempt was not committed); leave nothing open."""
+        if self._archive is not None:
+            self._archive.close()
+        if self._raw is not None:
+            self._raw.close()
+        self._archive = None
 
 
 class _Uploader:
