@@ -26,6 +26,7 @@ import concurrent.futures
 import hashlib
 import logging
 import os
+import threading
 import time
 import uuid
 import zipfile
@@ -149,18 +150,35 @@ class StageOut:
         self._placing = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="pilot-stage-out")
         self._pending: list[concurrent.futures.Future[None]] = []
         self._closed = False
+        self._lock = threading.Lock()
+        self._queue: list[tuple[list[DatasetRef], dict[str, DatastoreRecordData]]] = []
+        self._scheduled = False
 
     # -- as quanta finish ---------------------------------------------------------------------
 
     def add(self, result: QuantumResult, records: Mapping[str, DatastoreRecordData]) -> None:
-        """Place the staged files of a finished quantum (in the background; errors surface in `finish`)."""
-        written = {dataset_id for data in records.values() for dataset_id in data.records}
-        refs = [ref for ref in self._wanted(result) if ref.id in written]
-        if refs:
-            self._pending.append(self._placing.submit(self._place, refs, dict(records)))
+        """Queue the staged files of a finished quantum for placing (errors surface in `complete`).
 
-    def _wanted(self, result: QuantumResult) -> list[DatasetRef]:
-        return _wanted_refs(self.qg, self.quanta, [result])
+        Quanta that finish while the placing thread is busy are placed together, in one
+        call: per-call costs (a transfer thread pool, a records import) are paid per
+        batch, not per quantum.
+        """
+        written = {dataset_id for data in records.values() for dataset_id in data.records}
+        refs = [ref for ref in _wanted_refs(self.qg, self.quanta, [result]) if ref.id in written]
+        if not refs:
+            return
+        with self._lock:
+            self._queue.append((refs, dict(records)))
+            if not self._scheduled:
+                self._scheduled = True
+                self._pending.append(self._placing.submit(self._drain))
+
+    def _drain(self) -> None:
+        with self._lock:
+            batch, self._queue = self._queue, []
+            self._scheduled = False
+        refs = [ref for refs, _ in batch for ref in refs]
+        self._place(refs, DatastoreRecordData.merge_mappings(*(records for _, records in batch)))
 
     def _butler(self) -> QuantumBackedButler:
         # The workspace butler's registry is an in-memory sqlite database, which lives in
