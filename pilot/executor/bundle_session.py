@@ -8,7 +8,9 @@ quantum.
 
 from __future__ import annotations
 
+import cProfile
 import dataclasses
+import os
 import resource
 import time
 import uuid
@@ -26,6 +28,9 @@ from ..errors import InterruptedRun
 from ..qgraph_io import load_bundle_graph
 from ..report import QuantumResult, now
 from .chaining_butler import ChainingButler
+
+PROFILE_ENV = "PILOT_PROFILE_DIR"
+"""If set, each session profiles its quanta (cProfile) and writes the stats there on close."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,6 +93,10 @@ class BundleSession:
                 fresh_workspace=spec.fresh_workspace,
             )
         )
+        # Off unless PILOT_PROFILE_DIR is set (benchmarks/README.md): a profile of this
+        # session's quanta, written by `close` as <dir>/<bundle>-<pid>.prof.
+        self._profile_dir = os.environ.get(PROFILE_ENV)
+        self._profiler = cProfile.Profile() if self._profile_dir else None
 
     def blank_result(self, quantum_id: uuid.UUID) -> QuantumResult:
         """A `not_run` result naming the quantum."""
@@ -111,6 +120,8 @@ class BundleSession:
         result.started_at = now()
         wall0 = time.perf_counter()
         cpu0 = _cpu_seconds()
+        if self._profiler is not None:
+            self._profiler.enable()
         try:
             outcome = self.activator.execute(task_node, self.quanta[quantum_id], quantum_id)
         except InterruptedRun:
@@ -126,6 +137,8 @@ class BundleSession:
             elif outcome.already_done:
                 result.caveat = "outputs already in workspace"
         finally:
+            if self._profiler is not None:
+                self._profiler.disable()
             result.wall_seconds = time.perf_counter() - wall0
             result.cpu_seconds = _cpu_seconds() - cpu0
             result.max_rss_bytes = _peak_rss()
@@ -133,7 +146,10 @@ class BundleSession:
         return result
 
     def close(self) -> None:
-        """Release the butler and activator."""
+        """Release the butler and activator (writing the profile, if one was asked for)."""
+        if self._profiler is not None and self._profile_dir:
+            os.makedirs(self._profile_dir, exist_ok=True)
+            self._profiler.dump_stats(os.path.join(self._profile_dir, f"{self.spec.key}-{os.getpid()}.prof"))
         self.activator.close()
         self.butler.close()
 
