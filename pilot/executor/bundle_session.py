@@ -28,6 +28,7 @@ from ..errors import InterruptedRun
 from ..qgraph_io import load_bundle_graph
 from ..report import QuantumResult, now
 from .chaining_butler import ChainingButler
+from .memory_records import MemoryBridgeManager, MemoryOpaqueTableStorageManager
 
 PROFILE_ENV = "PILOT_PROFILE_DIR"
 """If set, each session profiles its quanta (cProfile) and writes the stats there on close."""
@@ -84,6 +85,9 @@ class BundleSession:
             dimensions=self.qg.pipeline_graph.universe,
             datastore_records=DatastoreRecordData.merge_mappings(*records),
             dataset_types={d.name: d.dataset_type for d in self.qg.pipeline_graph.dataset_types.values()},
+            # Records in dicts, not in the butler's private SQLite (see memory_records).
+            OpaqueManagerClass=MemoryOpaqueTableStorageManager,
+            BridgeManagerClass=MemoryBridgeManager,
         )
         self.butler = ChainingButler(qbb, in_bundle_consumers(self.qg, spec.quantum_ids), spec.transient)
         self.activator = activator_class(spec.activator)(
