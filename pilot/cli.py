@@ -132,21 +132,23 @@ def run(
     from .bundle_model import ExecutionSpec
     from .executor.worker_pool import pool_for
     from .slot import detect_slot
-    from .workspace import pilot_area
 
     slot = detect_slot()  # the machine ad's cores and site, in a glidein
-    area = pilot_area(workspace)
     execution = _first_execution(bundle_files)
     if execution is None:  # no bundle loads: each will only print its error, no pool needed
         execution, processes = ExecutionSpec(), 0
     elif processes is None:
         processes = slot.cores if execution.processes is None else execution.processes
-    # Start the workers first: their forkserver imports the LSST stack while we do.
+    # Start the workers first: their forkserver imports the LSST stack while we do.  Only
+    # light modules may be imported above this line: `workspace` and `runner` import the
+    # stack (~1 s), which would delay the forkserver's own import by as much.
     pool = pool_for(execution, processes, memory_per_worker)
-    from .runner import run_bundle
-
     worst = 0
     try:
+        from .runner import run_bundle
+        from .workspace import pilot_area
+
+        area = pilot_area(workspace)
         with stop_on_signals(signal.SIGTERM, signal.SIGINT, grace=grace) as stop:
             for path in bundle_files:
                 if stop.reason is not None:  # bundles left unrun
