@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import signal
 import sys
@@ -38,6 +39,21 @@ class PilotGroup(click.Group):
     A `PilotError` escaping any subcommand is printed as one line on stderr,
     ``pilot: error: <message>``, and the process exits with the error's ``exit_code``.
     """
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        """Run the command line; on the way out, spare the garbage collector the LSST stack.
+
+        At exit CPython runs full collections over every object still alive: with the
+        stack imported, ~0.3 s of the process's wall time for nothing (its memory goes
+        back to the OS anyway).  `gc.freeze` moves those objects out of the collector's
+        sight first; atexit handlers, ``logging`` shutdown and finalizers of objects freed
+        by reference count all still run.  Only unreachable cycles left at exit are not
+        collected, which CPython never promised to do.
+        """
+        try:
+            return super().main(*args, **kwargs)
+        finally:
+            gc.freeze()
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
