@@ -9,7 +9,7 @@ from lsst.daf.butler.datastore import DatastoreTransaction
 from lsst.daf.butler.datastores.fileDatastore import FileDatastore
 from lsst.daf.butler.registry.interfaces import FakeDatasetRef
 
-from pilot.executor.memory_records import (
+from pilot.memory_records import (
     MemoryBridgeManager,
     MemoryOpaqueTable,
     MemoryOpaqueTableStorageManager,

@@ -16,7 +16,6 @@ import time
 import uuid
 from collections import Counter
 
-from lsst.daf.butler import QuantumBackedButler
 from lsst.daf.butler.datastore.record_data import DatastoreRecordData
 from lsst.pipe.base.quantum_graph import PredictedQuantumGraph
 from lsst.resources import ResourcePath
@@ -27,8 +26,8 @@ from activators.registry import activator_class
 from ..errors import InterruptedRun
 from ..qgraph_io import load_bundle_graph
 from ..report import QuantumResult, now
+from ..workspace import workspace_butler
 from .chaining_butler import ChainingButler
-from .memory_records import MemoryBridgeManager, MemoryOpaqueTableStorageManager
 
 PROFILE_ENV = "PILOT_PROFILE_DIR"
 """If set, each session profiles its quanta (cProfile) and writes the stats there on close."""
@@ -78,16 +77,12 @@ class BundleSession:
             inputs.update(ref.id for refs in quantum.inputs.values() for ref in refs)
             inputs.update(ref.id for ref in quantum.initInputs.values())
             records.append(quantum.datastore_records)
-        qbb = QuantumBackedButler.from_predicted(
-            config=spec.local_repo,
-            predicted_inputs=inputs,
-            predicted_outputs=outputs,
-            dimensions=self.qg.pipeline_graph.universe,
-            datastore_records=DatastoreRecordData.merge_mappings(*records),
-            dataset_types={d.name: d.dataset_type for d in self.qg.pipeline_graph.dataset_types.values()},
-            # Records in dicts, not in the butler's private SQLite (see memory_records).
-            OpaqueManagerClass=MemoryOpaqueTableStorageManager,
-            BridgeManagerClass=MemoryBridgeManager,
+        qbb = workspace_butler(
+            self.qg,
+            spec.local_repo,
+            inputs=inputs,
+            outputs=outputs,
+            records=DatastoreRecordData.merge_mappings(*records),
         )
         self.butler = ChainingButler(qbb, in_bundle_consumers(self.qg, spec.quantum_ids), spec.transient)
         self.activator = activator_class(spec.activator)(

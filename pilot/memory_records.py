@@ -3,13 +3,14 @@
 A `QuantumBackedButler` has no registry: its datastore keeps the records of the
 files it holds (``file_datastore_records``) and the list of datasets it stores
 (the registry "bridge") in a private in-memory SQLite database.  Every ``put``
-then costs two SQL inserts, each in its own transaction, and every read of a
-record a SQL query.  In a worker that runs a whole bundle, that is three puts
-per quantum (output, task metadata, task log) for records nobody else reads: the
-pilot only exports them at the end (`ChainingButler.persisted_records`) for
-stage-out.  `QuantumBackedButler.from_predicted` takes the manager classes of
-both tables as arguments (``OpaqueManagerClass``, ``BridgeManagerClass``); the
-ones here keep the same rows in dicts, and the bridge is the stack's own
+then costs two SQL inserts, each in its own transaction, and every lookup of a
+record one SQL query.  The pilot's butlers over a workspace
+(`pilot.workspace.workspace_butler`) pay that per file: a worker three puts per
+quantum (output, task metadata, task log) for records it only exports at the end
+(`ChainingButler.persisted_records`); stage-out one lookup per file it zips and
+describes.  `QuantumBackedButler.from_predicted` takes the manager classes of both
+tables as arguments (``OpaqueManagerClass``, ``BridgeManagerClass``); the ones here
+keep the same rows in dicts, and the bridge is the stack's own
 `EphemeralDatastoreRegistryBridge`.  The files written, and the records exported,
 are the same.
 """
