@@ -18,7 +18,7 @@ are the same.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from lsst.daf.butler import DimensionUniverse, ddl
@@ -63,10 +63,19 @@ class MemoryOpaqueTable(OpaqueTableStorage):
         return tuple(row[column] for column in self._key)
 
     def insert(self, *data: dict, transaction: DatastoreTransaction | None = None) -> None:
-        """Add rows; a row whose primary key is already there is an error, as in SQL."""
+        """Add rows; a primary key already there, or twice in ``data``, is an error (as in SQL).
+
+        Raises
+        ------
+        KeyError
+            A row's primary key is taken; no row was added.
+        """
+        seen: set[tuple[Any, ...]] = set()
         for row in data:
-            if self._key_of(row) in self._rows.get(row["dataset_id"], {}):
-                raise KeyError(f"a row with key {self._key_of(row)} is already in table {self.name}")
+            key = self._key_of(row)
+            if key in seen or key in self._rows.get(row["dataset_id"], {}):
+                raise KeyError(f"a row with key {key} is already in table {self.name}")
+            seen.add(key)
         self._add(data, transaction)
 
     def ensure(self, *data: dict, transaction: DatastoreTransaction | None = None) -> None:
@@ -124,7 +133,7 @@ class MemoryOpaqueTable(OpaqueTableStorage):
                 self._remove([(match["dataset_id"], self._key_of(match))])
 
 
-def _matcher(column: str, value: Any) -> Any:
+def _matcher(column: str, value: Any) -> Callable[[Mapping[str, Any]], bool]:
     """A test of one row on one column, with the meaning `ByNameOpaqueTableStorage` gives ``value``."""
     if isinstance(value, list | tuple | set | frozenset):
         wanted = set(value)

@@ -40,6 +40,10 @@ def test_insert_rejects_a_duplicate_key_ensure_skips_it_replace_overwrites(table
     table.insert(row(a, "p"), row(a, "p#c", component="c"))
     with pytest.raises(KeyError):
         table.insert(row(a, "q"))
+    b = uuid.uuid4()
+    with pytest.raises(KeyError):  # twice in one call: neither is added
+        table.insert(row(b, "r"), row(b, "s"))
+    assert list(table.fetch(dataset_id=b)) == []
     table.ensure(row(a, "q"))
     assert sorted(r["path"] for r in table.fetch(dataset_id=a)) == ["p", "p#c"]
     table.replace(row(a, "q"))
