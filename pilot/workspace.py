@@ -15,6 +15,7 @@ from lsst.pipe.base.quantum_graph import PredictedQuantumGraph
 from lsst.resources import ResourcePath
 
 from .errors import BundleError, ConfigError, StageInError, shown
+from .memory_records import MemoryBridgeManager, MemoryOpaqueTableStorageManager
 
 BUTLER_ROOT_TOKEN = "<butlerRoot>"
 
@@ -153,7 +154,10 @@ def workspace_butler(
     """Return a QBB over the workspace datastore that may read ``inputs`` and write ``outputs``.
 
     With the ``records`` of the files the workspace holds, lookups are fast; without
-    them it reads in trust mode, finding each file at its templated location.
+    them it reads in trust mode, finding each file at its templated location.  The
+    butler keeps its datastore records in dicts (`pilot.memory_records`), not in the
+    private SQLite a quantum-backed butler otherwise creates: one dict lookup per
+    file instead of one SQL query.
     """
     return QuantumBackedButler.from_predicted(
         config=local_repo,
@@ -162,4 +166,6 @@ def workspace_butler(
         dimensions=qg.pipeline_graph.universe,
         datastore_records=dict(records or {}),
         dataset_types={d.name: d.dataset_type for d in qg.pipeline_graph.dataset_types.values()},
+        OpaqueManagerClass=MemoryOpaqueTableStorageManager,
+        BridgeManagerClass=MemoryBridgeManager,
     )

@@ -305,3 +305,20 @@ def test_persisted_records_describe_every_file_written(opened: Opened) -> None:
     assert paths == on_disk
     assert len(on_disk) == butler.io.files_written == 18
     assert butler.io.bytes_written == sum((opened.repo / p).stat().st_size for p in on_disk)
+
+
+def test_pruned_outputs_leave_the_records_and_the_disk(opened: Opened) -> None:
+    """What a rerun's clobbering of partial outputs does (the records live in memory, not SQLite)."""
+    opened.run("a", 0)
+    butler = opened.butler
+    x, metadata = opened.ref("x", 0), opened.ref("a_metadata", 0)
+    butler.pruneDatasets([x], disassociate=True, unstore=True, purge=True)
+    assert butler.held() == []
+    assert not opened.file_of("x", 0).exists()
+    assert not butler.stored(x) and butler.stored(metadata)
+    (data,) = butler.persisted_records().values()
+    assert x.id not in data.records and metadata.id in data.records
+    butler.put(mock_dataset(x), x)  # written again, as the rerun of its quantum would
+    assert opened.file_of("x", 0).exists()
+    (data,) = butler.persisted_records().values()
+    assert x.id in data.records

@@ -1,4 +1,4 @@
-"""The bundle journal: fsynced appends, reading back, torn lines, and which journaled quanta to skip."""
+"""The bundle journal: flushed (now and then fsynced) appends, reading back, torn lines, skipping."""
 
 from __future__ import annotations
 
@@ -81,7 +81,9 @@ def test_latest_outcome_of_a_quantum_wins(journal: Journal) -> None:
     assert succeeded[retried].worker == 2
 
 
-def test_each_record_is_flushed_before_fsync(journal: Journal, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_each_record_is_flushed_and_fsyncs_are_spaced(
+    journal: Journal, monkeypatch: pytest.MonkeyPatch
+) -> None:
     synced: list[str] = []
 
     def fsync(fd: int) -> None:
@@ -89,12 +91,17 @@ def test_each_record_is_flushed_before_fsync(journal: Journal, monkeypatch: pyte
         synced.append(journal.path.read_text())
 
     monkeypatch.setattr(journal_module, "os", types.SimpleNamespace(fsync=fsync))
-    first, second = result("succeeded"), result("failed")
-    journal.record(first)
-    journal.record(second)
-    assert len(synced) == 2
+    first, second, third = result("succeeded"), result("failed"), result("succeeded")
+    journal.sync_interval = 3600.0
+    journal.record(first)  # the first record of a journal is synced at once
+    journal.record(second)  # within the interval: flushed, not synced
+    assert len(synced) == 1
     assert str(first.quantum_id) in synced[0] and synced[0].endswith("\n")
-    assert str(second.quantum_id) in synced[1] and synced[1].count("\n") == 2
+    assert str(second.quantum_id) in journal.path.read_text()  # readable (flushed) all the same
+    journal.sync_interval = 0.0
+    journal.record(third)  # the interval is over: one sync covers both lines since the last
+    assert len(synced) == 2
+    assert str(second.quantum_id) in synced[1] and synced[1].count("\n") == 3
 
 
 def test_concurrent_records_never_interleave(journal: Journal) -> None:

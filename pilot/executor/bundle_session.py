@@ -8,13 +8,14 @@ quantum.
 
 from __future__ import annotations
 
+import cProfile
 import dataclasses
+import os
 import resource
 import time
 import uuid
 from collections import Counter
 
-from lsst.daf.butler import QuantumBackedButler
 from lsst.daf.butler.datastore.record_data import DatastoreRecordData
 from lsst.pipe.base.quantum_graph import PredictedQuantumGraph
 from lsst.resources import ResourcePath
@@ -25,7 +26,11 @@ from activators.registry import activator_class
 from ..errors import InterruptedRun
 from ..qgraph_io import load_bundle_graph
 from ..report import QuantumResult, now
+from ..workspace import workspace_butler
 from .chaining_butler import ChainingButler
+
+PROFILE_ENV = "PILOT_PROFILE_DIR"
+"""If set, each session profiles its quanta (cProfile) and writes the stats there on close."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,13 +79,12 @@ class BundleSession:
             inputs.update(ref.id for refs in quantum.inputs.values() for ref in refs)
             inputs.update(ref.id for ref in quantum.initInputs.values())
             records.append(quantum.datastore_records)
-        qbb = QuantumBackedButler.from_predicted(
-            config=spec.local_repo,
-            predicted_inputs=inputs,
-            predicted_outputs=outputs,
-            dimensions=self.qg.pipeline_graph.universe,
-            datastore_records=DatastoreRecordData.merge_mappings(*records),
-            dataset_types={d.name: d.dataset_type for d in self.qg.pipeline_graph.dataset_types.values()},
+        qbb = workspace_butler(
+            self.qg,
+            spec.local_repo,
+            inputs=inputs,
+            outputs=outputs,
+            records=DatastoreRecordData.merge_mappings(*records),
         )
         self.butler = ChainingButler(
             qbb,
@@ -95,6 +99,10 @@ class BundleSession:
                 fresh_workspace=spec.fresh_workspace,
             )
         )
+        # Off unless PILOT_PROFILE_DIR is set (benchmarks/README.md): a profile of this
+        # session's quanta, written by `close` as <dir>/<bundle>-<pid>.prof.
+        self._profile_dir = os.environ.get(PROFILE_ENV)
+        self._profiler = cProfile.Profile() if self._profile_dir else None
 
     def blank_result(self, quantum_id: uuid.UUID) -> QuantumResult:
         """A `not_run` result naming the quantum."""
@@ -118,6 +126,8 @@ class BundleSession:
         result.started_at = now()
         wall0 = time.perf_counter()
         cpu0 = _cpu_seconds()
+        if self._profiler is not None:
+            self._profiler.enable()
         try:
             outcome = self.activator.execute(task_node, self.quanta[quantum_id], quantum_id)
         except InterruptedRun:
@@ -133,6 +143,8 @@ class BundleSession:
             elif outcome.already_done:
                 result.caveat = "outputs already in workspace"
         finally:
+            if self._profiler is not None:
+                self._profiler.disable()
             result.wall_seconds = time.perf_counter() - wall0
             result.cpu_seconds = _cpu_seconds() - cpu0
             result.max_rss_bytes = _peak_rss()
@@ -140,7 +152,10 @@ class BundleSession:
         return result
 
     def close(self) -> None:
-        """Release the butler and activator."""
+        """Release the butler and activator (writing the profile, if one was asked for)."""
+        if self._profiler is not None and self._profile_dir:
+            os.makedirs(self._profile_dir, exist_ok=True)
+            self._profiler.dump_stats(os.path.join(self._profile_dir, f"{self.spec.key}-{os.getpid()}.prof"))
         self.activator.close()
         self.butler.close()
 
