@@ -71,19 +71,7 @@ def produced_refs(
     the DBB's (pipeline graph's) dataset type definitions, not a task's storage
     class override.
     """
-    wanted: dict[uuid.UUID, DatasetRef] = {}
-    for result in results:
-        if result.status not in ("succeeded", "failed"):
-            continue
-        log_name = qg.pipeline_graph.tasks[result.task_label].log_output
-        for refs in quanta[result.quantum_id].outputs.values():
-            for ref in refs:
-                if result.status == "failed" and (
-                    log_name is None or ref.datasetType.name != log_name.dataset_type_name
-                ):
-                    continue
-                registry_type = qg.pipeline_graph.dataset_types[ref.datasetType.name].dataset_type
-                wanted[ref.id] = ref.overrideStorageClass(registry_type.storageClass_name)
+    wanted = {ref.id: ref for ref in _wanted_refs(qg, quanta, results)}
     if not wanted:
         return []
     qbb = workspace_butler(qg, local_repo, outputs=wanted.keys(), records=records)

@@ -13,7 +13,7 @@ import logging
 import time
 import uuid
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 
 from lsst.daf.butler import DatasetRef, Quantum, QuantumBackedButler
 from lsst.daf.butler.datastores.file_datastore.retrieve_artifacts import ZipIndex
@@ -118,14 +118,8 @@ def _extract_from(
             raise StageInError(f"cannot fetch upstream bundle {upstream}'s outputs: {err}") from None
     index = ZipIndex.from_zip_file(local_zip)
     with zipfile.ZipFile(local_zip.ospath) as archive:
-        for path_in_zip, info in index.artifact_map.items():
-            for dataset_id in info.ids:
-                ref = remaining.pop(dataset_id, None)
-                if ref is None:
-                    continue
-                # The local datastore reads in trust mode from its predicted location.
-                target = qbb._datastore.getURI(ref, predict=True).replace(fragment="")
-                target.write(archive.read(path_in_zip), overwrite=True)
+        for path_in_zip, target in _needed(index, remaining, qbb):
+            target.write(archive.read(path_in_zip), overwrite=True)
 
 
 def _link_from_files(
@@ -139,14 +133,20 @@ def _link_from_files(
     try:
         stager = stager_for(files)
         index = ZipIndex.model_validate_json(stager.read(files.join(ZipIndex.index_name)))
-        for name, info in index.artifact_map.items():
-            for dataset_id in info.ids:
-                ref = remaining.pop(dataset_id, None)
-                if ref is None:
-                    continue
-                # The local datastore reads in trust mode from its predicted location.
-                target = qbb._datastore.getURI(ref, predict=True).replace(fragment="")
-                stats.bytes += stager.fetch(files.join(name), target)
-                stats.files += 1
+        for name, target in _needed(index, remaining, qbb):
+            stats.bytes += stager.fetch(files.join(name), target)
+            stats.files += 1
     except TransferError as err:
         raise StageInError(f"cannot fetch upstream bundle {upstream}'s outputs: {err}") from None
+
+
+def _needed(
+    index: ZipIndex, remaining: dict[uuid.UUID, DatasetRef], qbb: QuantumBackedButler
+) -> Iterator[tuple[str, ResourcePath]]:
+    """``(artifact name, workspace target)`` of each staged file holding a dataset still needed."""
+    for name, info in index.artifact_map.items():
+        for dataset_id in info.ids:
+            ref = remaining.pop(dataset_id, None)
+            if ref is not None:
+                # The local datastore reads in trust mode from its predicted location.
+                yield name, qbb._datastore.getURI(ref, predict=True).replace(fragment="")
