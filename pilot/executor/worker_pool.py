@@ -29,7 +29,6 @@ from .worker import HEAVY_MODULE, Ping, Pong, Shutdown, WorkerDied, worker_main
 _LOG = logging.getLogger(__name__)
 
 MiB = 1024 * 1024
-MEMORY_WATCH_SECONDS = 0.1
 
 
 @dataclasses.dataclass
@@ -61,7 +60,6 @@ class WorkerPool:
         self._workers: list[WorkerHandle] = []
         self._starter: threading.Thread | None = None
         self.replaced = 0
-        self._next_memory_watch = 0.0
 
     def start(self) -> None:
         """Start the forkserver and, in the background, the workers; return at once.
@@ -139,12 +137,8 @@ class WorkerPool:
         return out
 
     def _watch_memory(self) -> None:
-        # A psutil walk of every worker's process tree costs about a millisecond; the
-        # engine asks for events after every message, so the walk is made at most every
-        # MEMORY_WATCH_SECONDS, not once per quantum per worker.
-        if self.memory_limit is None or time.monotonic() < self._next_memory_watch:
+        if self.memory_limit is None:
             return
-        self._next_memory_watch = time.monotonic() + MEMORY_WATCH_SECONDS
         for worker in self.workers:
             if worker.busy is None or worker.doomed is not None:
                 continue
