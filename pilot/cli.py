@@ -64,17 +64,22 @@ class PilotGroup(click.Group):
             ctx.exit(int(err.exit_code))
 
 
+# lsst.utils.logging's levels, which BPS passes (``--log-level=VERBOSE``).
+_LEVELS = {"TRACE": 5, "DEBUG": 10, "VERBOSE": 15, "INFO": 20, "WARNING": 30, "ERROR": 40}
+
+
 @click.group(cls=PilotGroup, epilog=EXIT_CODE_HELP)
 @click.option(
     "--log-level",
-    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+    type=click.Choice(list(_LEVELS), case_sensitive=False),
     default="WARNING",
     show_default=True,
     help="Logging level of the pilot and the LSST stack.",
 )
-def main(log_level: str) -> None:
+@click.option("--long-log", is_flag=True, help="Accepted for pipetask compatibility (BPS passes it).")
+def main(log_level: str, long_log: bool) -> None:
     """quanta-pilot: run bundles of LSST Gen3 quanta in-process and stage them to the DBB."""
-    configure_logging(logging.getLevelName(log_level.upper()))
+    configure_logging(_LEVELS[log_level.upper()])
 
 
 @main.command(epilog=EXIT_CODE_HELP)
@@ -406,6 +411,54 @@ def start(
         f"{summary.quanta_succeeded} quanta succeeded, {summary.quanta_failed} failed"
     )
     sys.exit(int(summary.exit_code))
+
+
+@main.command("run-qbb")
+@click.argument("butler_config")
+@click.argument("qgraph")
+@click.option(
+    "--qgraph-node-id",
+    "node_ids",
+    multiple=True,
+    help="Quanta to run (comma-separated UUIDs, repeatable), as BPS passes them; default: all.",
+)
+@click.option("-j", "--processes", type=click.IntRange(1), default=1, show_default=True, help="Workers.")
+@click.option("--fail-fast", is_flag=True, help="Stop dispatching at the first failure.")
+@click.option("--raise-on-partial-outputs/--no-raise-on-partial-outputs", default=True, show_default=True)
+@click.option("--no-existing-outputs", is_flag=True, help="Assume no predicted output exists yet.")
+@click.option("--qgraph-id", default=None, hidden=True)
+@click.option("--summary", default=None, hidden=True)
+@click.option("--enable-implicit-threading", is_flag=True, hidden=True)
+@click.option("-n", "--cores-per-quantum", type=int, default=None, hidden=True)
+@click.option("--memory-per-quantum", default=None, hidden=True)
+def run_qbb(
+    butler_config: str,
+    qgraph: str,
+    node_ids: tuple[str, ...],
+    processes: int,
+    fail_fast: bool,
+    raise_on_partial_outputs: bool,
+    no_existing_outputs: bool,
+    **ignored: object,
+) -> None:
+    """Run QGRAPH's quanta into BUTLER_CONFIG's datastore, as ``pipetask run-qbb`` (a BPS job's command).
+
+    Depth-first on warm workers with in-memory handoff; outputs go straight into the
+    datastore for BPS's final job to register.  Exit status 0 if every quantum
+    succeeded, else 1, as ``pipetask``.  Options ``pipetask run-qbb`` has that do not
+    change what runs (``--summary``, ``-n``, ``--memory-per-quantum``, ...) are accepted.
+    """
+    from .bps.run_qbb import RunQbbOptions, parse_node_ids, run_qbb
+
+    try:
+        ids = parse_node_ids(node_ids)
+    except ValueError as err:
+        raise click.BadParameter(str(err), param_hint="--qgraph-node-id") from None
+    options = RunQbbOptions(processes, fail_fast, raise_on_partial_outputs, no_existing_outputs)
+    results = run_qbb(butler_config, qgraph, ids, options)
+    bad = [r for r in results if r.status != "succeeded"]
+    click.echo(f"run-qbb: {len(results) - len(bad)} of {len(results)} quanta succeeded", err=True)
+    sys.exit(1 if bad else 0)
 
 
 @main.command(epilog=EXIT_CODE_HELP)

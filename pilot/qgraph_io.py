@@ -61,8 +61,8 @@ def write_bundle_graph(
     subset.write(uri)
 
 
-def load_bundle_graph(uri: ResourcePath, quantum_ids: Collection[uuid.UUID]) -> PredictedQuantumGraph:
-    """Load what is needed to execute ``quantum_ids`` from the graph at ``uri``.
+def load_bundle_graph(uri: ResourcePath, quantum_ids: Collection[uuid.UUID] | None) -> PredictedQuantumGraph:
+    """Load what is needed to execute ``quantum_ids`` (`None`: all) from the graph at ``uri``.
 
     Raises
     ------
@@ -76,11 +76,11 @@ def load_bundle_graph(uri: ResourcePath, quantum_ids: Collection[uuid.UUID]) -> 
             in_graph = {
                 thin.quantum_id for quanta in reader.components.thin_graph.quanta.values() for thin in quanta
             }
-            missing = [str(qid) for qid in quantum_ids if qid not in in_graph]
+            missing = [str(qid) for qid in quantum_ids or () if qid not in in_graph]
             if missing:
                 more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
                 raise BundleError(f"quantum ID {missing[0]}{more} is not in quantum graph {shown(uri)}")
-            whole = len(in_graph) == len(set(quantum_ids))
+            whole = quantum_ids is None or len(in_graph) == len(set(quantum_ids))
             try:
                 reader.read_execution_quanta(None if whole else quantum_ids)
             except EOFError:
