@@ -12,10 +12,10 @@ so a task that modifies its input cannot corrupt another's.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 import uuid
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 from lsst.daf.butler import (
@@ -33,6 +33,7 @@ from lsst.daf.butler.datastore.stored_file_info import StoredFileInfo
 from lsst.pipe.base import InMemoryDatasetHandle
 
 from ..report import IoCounts
+from ..staging.input_cache import blake2b_of
 
 _LOG = logging.getLogger(__name__)
 
@@ -43,12 +44,6 @@ class NewOutputs:
 
     records: dict[str, DatastoreRecordData]
     checksums: dict[uuid.UUID, tuple[int, str | None]]
-
-
-def _digest(path: str) -> tuple[int, str]:
-    with open(path, "rb") as stream:
-        digest = hashlib.file_digest(stream, "blake2b").hexdigest()
-        return stream.tell(), digest
 
 
 class ChainingButler(LimitedButler):
@@ -117,7 +112,8 @@ class ChainingButler(LimitedButler):
                         if not isinstance(info, StoredFileInfo):
                             continue
                         if self._hash_outputs:
-                            checksums[dataset_id] = _digest(root.join(info.path).ospath)
+                            path = Path(root.join(info.path).ospath)
+                            checksums[dataset_id] = (path.stat().st_size, blake2b_of(path))
                         else:
                             checksums[dataset_id] = (info.file_size, None)
         return NewOutputs(records, checksums)

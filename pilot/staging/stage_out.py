@@ -128,7 +128,6 @@ class StageOut:
             raise StageOutError(
                 f"stage-out of bundle {bundle_id} to {self.directory} failed: {err}"
             ) from None
-        self.layout = "zip" if local is None else "files"
         self.files = (local if local is not None else work_dir / self.attempt) / FILES_DIR
         self._transfer: str | None = None
         self._zip = _StreamingZip(work_dir / self.attempt) if local is None else None
@@ -318,10 +317,9 @@ class StageOut:
                 ).items()
             },
         )
-        if self.layout == "files":
+        if self._zip is None:  # the files layout: the index goes next to the files
             index.write_index(ResourcePath(self.files, forceDirectory=True))
             return f"{self.attempt}/{FILES_DIR}", None, 0, None
-        assert self._zip is not None
         zip_path, size, sha256 = self._zip.finish(index)
         self.upload.file(ResourcePath(zip_path), f"{self.attempt}/{zip_path.name}")
         return None, f"{self.attempt}/{zip_path.name}", size, sha256
