@@ -122,6 +122,24 @@ class ResourceEstimate(_Strict):
     )
 
 
+class RetryPolicy(_Strict):
+    """How a scheduler retries the bundle's quanta (BPS: numberOfRetries, retryUnlessExit, ...)."""
+
+    max_attempts: int | None = pydantic.Field(
+        default=None, ge=1, description="Attempts of each quantum; null = the scheduler's default."
+    )
+    retry_unless_exit: list[int] = pydantic.Field(
+        default_factory=list,
+        description="pipetask exit codes after which failed quanta are final, not retried: 1 (a task "
+        "raised) matches a report whose quanta failed on their own (pilot exit 10).",
+    )
+    memory_multiplier: float | None = pydantic.Field(
+        default=None,
+        gt=1,
+        description="After a quantum failed on memory, its retry gets memory budgets times this.",
+    )
+
+
 class Bundle(_Strict):
     """A bundle of quanta: the document ``pilot run`` executes."""
 
@@ -144,6 +162,7 @@ class Bundle(_Strict):
     execution: ExecutionSpec = pydantic.Field(default_factory=ExecutionSpec)
     staging: StagingSpec = pydantic.Field(default_factory=StagingSpec)
     resources: ResourceEstimate = pydantic.Field(default_factory=ResourceEstimate)
+    retries: RetryPolicy = pydantic.Field(default_factory=RetryPolicy)
 
     @pydantic.field_validator("quantum_ids")
     @classmethod

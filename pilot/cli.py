@@ -252,7 +252,7 @@ def ingest(repo: str, staging: str | None) -> None:
 
 
 @main.command(epilog=EXIT_CODE_HELP)
-@click.argument("bundle_dir", type=click.Path(path_type=Path, file_okay=False, exists=True))
+@click.argument("bundle_dir", type=click.Path(path_type=Path, file_okay=False))
 @click.option("--repo", required=True, help="DBB butler repository (committed bundles are ingested into it).")
 @click.option("--staging", default=None, help="Staging-area URI as seen here (default: each bundle's).")
 @click.option(
@@ -292,7 +292,11 @@ def serve(
     max_attempts: int,
     threads: int,
 ) -> None:
-    """Hand the bundles in BUNDLE_DIR to pilots (protocol v1); ingest what they stage."""
+    """Hand the bundles in BUNDLE_DIR to pilots (protocol v1); ingest what they stage.
+
+    BUNDLE_DIR holds the queue database and remainder bundles; it is created if absent.
+    Bundle files in it are queued at start; workflows (e.g. from BPS) come over the protocol.
+    """
     from .protocol import read_token
     from .scheduler.server import ServeOptions, serve
     from .scheduler.service import Settings

@@ -159,6 +159,76 @@ class StatusResponse(_Message):
     pilots: list[PilotStatus]
 
 
+class WorkflowBundle(_Message):
+    """One bundle file of a submitted workflow."""
+
+    path: str = pydantic.Field(description="Absolute URI of the bundle file, as the scheduler reads it.")
+    label: str = pydantic.Field(min_length=1, description="Job label it reports under (BPS: the cluster).")
+
+
+class WorkflowSubmit(_Message):
+    """``POST /v1/workflows``: queue a workflow's bundles (idempotent: known bundles are kept)."""
+
+    workflow_id: str = pydantic.Field(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$", description="Unique, path-safe workflow name."
+    )
+    run: str = pydantic.Field(description="Output RUN collection.")
+    submit_path: str | None = pydantic.Field(default=None, description="Where its files were prepared.")
+    operator: str | None = None
+    project: str | None = None
+    campaign: str | None = None
+    payload: str | None = None
+    bundles: list[WorkflowBundle] = pydantic.Field(
+        description="Bundle files, upstream before downstream; depends_on names bundles of this list."
+    )
+    excluded: dict[str, int] = pydantic.Field(
+        default_factory=dict, description="Quanta excluded before bundling, per task label (never run)."
+    )
+
+
+class JobStatus(_Message):
+    """One job of a workflow: an original bundle and the remainders that re-ran its quanta."""
+
+    job_id: str = pydantic.Field(description="The original bundle's id.")
+    label: str
+    state: Literal["waiting", "queued", "running", "done", "failed", "cancelled"] = pydantic.Field(
+        description="The state of its latest bundle; 'waiting': queued behind unfinished upstream bundles."
+    )
+    bundle_id: str = pydantic.Field(description="Its latest bundle (the job itself or a remainder).")
+    attempts: int = pydantic.Field(description="Attempts that counted against its retries.")
+    quanta: int = pydantic.Field(description="Quanta of the original bundle.")
+    failed_quanta: int = pydantic.Field(description="Quanta left failed (or blocked) by its latest bundle.")
+    exit_code: int | None = pydantic.Field(
+        default=None, description="Exit code of the latest report of a failed job ('pilot run' codes)."
+    )
+
+
+class WorkflowStatus(_Message):
+    """``GET /v1/workflows/{workflow_id}``, and the answer to submit, cancel and restart."""
+
+    workflow_id: str
+    run: str
+    state: Literal["running", "succeeded", "failed", "cancelled"] = pydantic.Field(
+        description="running: a job is queued or running, or an ingest pending; else by its jobs."
+    )
+    submit_path: str | None = None
+    operator: str | None = None
+    project: str | None = None
+    campaign: str | None = None
+    payload: str | None = None
+    submitted_at: str
+    jobs: list[JobStatus]
+    excluded: dict[str, int] = pydantic.Field(default_factory=dict)
+    ingest: dict[str, int] = pydantic.Field(description="Its staged bundles: ingested, pending, failed.")
+    message: str | None = pydantic.Field(default=None, description="What a cancel or restart did.")
+
+
+class WorkflowList(_Message):
+    """``GET /v1/workflows``: every workflow, oldest first, without their jobs."""
+
+    workflows: list[WorkflowStatus]
+
+
 class ErrorResponse(_Message):
     """Body of every 4xx/5xx answer."""
 
@@ -174,6 +244,9 @@ MESSAGES: dict[str, type[pydantic.BaseModel]] = {
     "release-request": Release,
     "finish-response": FinishResponse,
     "status-response": StatusResponse,
+    "workflow-submit-request": WorkflowSubmit,
+    "workflow-status-response": WorkflowStatus,
+    "workflow-list-response": WorkflowList,
     "error-response": ErrorResponse,
 }
 

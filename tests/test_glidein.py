@@ -244,7 +244,7 @@ def test_each_bundle_runs_with_its_execution_settings(tmp_path: Path) -> None:
         assert code == ExitCode.SUCCESS, stderr
         assert "2 cores, 8192 MB (machine-ad)" in stderr
         assert "running it on 1 worker" in stderr
-        assert _status(url).bundles == {"queued": 0, "running": 0, "done": 2, "failed": 1}
+        assert _status(url).bundles == {"queued": 0, "running": 0, "done": 2, "failed": 1, "cancelled": 0}
     one, tiny, zero = (read_report(tmp_path / "slot" / "pilot", path.stem) for path in files)
     assert one["processes"] == 1 and one["counts"]["succeeded"] == 3
     assert zero["processes"] == 1 and zero["counts"]["succeeded"] == 3
@@ -290,7 +290,7 @@ def test_failed_quanta_are_retried_until_max_attempts(tmp_path: Path) -> None:
         assert code == ExitCode.SUCCESS, stderr
         status = wait_for(lambda: (s := _status(url)).ingest["pending"] == 0 and s, "every ingest")
         # The bundle and its first remainder handed their failures on; the last attempt keeps them.
-        assert status.bundles == {"queued": 0, "running": 0, "done": 2, "failed": 1}
+        assert status.bundles == {"queued": 0, "running": 0, "done": 2, "failed": 1, "cancelled": 0}
         assert status.ingest == {"pending": 0, "done": 3, "failed": 0}
     remainders = sorted(path.stem for path in (camp.bundles_dir / "remainders").glob("*.json"))
     assert remainders == [f"{bundle.stem}-r1", f"{bundle.stem}-r2"]

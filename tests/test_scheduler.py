@@ -38,6 +38,7 @@ def write_bundles(directory: Path, specs: dict[str, dict]) -> dict[str, list[str
             "depends_on": spec.get("depends_on", []),
             "dbb": {"repo": str(directory.parent / "dbb"), "output_run": "syn/run"},
             "resources": spec.get("resources", {"seconds": 60}),
+            "retries": spec.get("retries", {}),
         }
         (directory / f"{bundle_id}.json").write_text(json.dumps(doc))
         quanta[bundle_id] = ids
@@ -77,7 +78,7 @@ def test_claim_heartbeat_report(tmp_path: Path) -> None:
         with pytest.raises(LeaseGone):
             c.heartbeat(lease, Heartbeat())
         status = c.status()
-        assert status.bundles == {"queued": 1, "running": 0, "done": 1, "failed": 0}
+        assert status.bundles == {"queued": 1, "running": 0, "done": 1, "failed": 0, "cancelled": 0}
         assert [p.pilot_id for p in status.pilots] == ["pilot-1"]
         assert status.pilots[0].last_heartbeat is not None
 
@@ -186,7 +187,7 @@ def test_failed_quanta_are_retried_until_max_attempts(tmp_path: Path) -> None:
         assert (last.state, last.remainder_bundle_id) == ("failed", None)
         assert (last.requeued_quanta, last.failed_quanta, last.abandoned_quanta) == (0, 2, 0)
         assert c.claim("p1", SLOT).no_work
-        assert c.status().bundles == {"queued": 0, "running": 0, "done": 1, "failed": 1}
+        assert c.status().bundles == {"queued": 0, "running": 0, "done": 1, "failed": 1, "cancelled": 0}
 
 
 def test_bundles_go_to_slots_they_fit(tmp_path: Path) -> None:
@@ -388,7 +389,7 @@ def test_end_to_end_runs_remainders_and_ingests_once(campaign: Campaign, tmp_pat
         assert runs == 3  # the remainder and the two other bundles
         status = wait_for(lambda: (s := c.status()).ingest["pending"] == 0 and s, "ingest")
         assert status.ingest == {"pending": 0, "done": 4, "failed": 0}
-        assert status.bundles == {"queued": 0, "running": 0, "done": 4, "failed": 0}
+        assert status.bundles == {"queued": 0, "running": 0, "done": 4, "failed": 0, "cancelled": 0}
     datasets = campaign.datasets_in_run()
     assert len(datasets) == len(set(datasets))
     by_type = {name: sum(1 for n, _ in datasets if n == name) for name in ("postISRCCD", "calexp", "src")}

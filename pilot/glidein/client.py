@@ -1,4 +1,4 @@
-"""Client of the scheduler protocol (``docs/protocol.md``), used by ``pilot start``."""
+"""Client of the scheduler protocol (``docs/protocol.md``), used by ``pilot start`` and the BPS plugin."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import ipaddress
 import logging
 import os
 import urllib.parse
-from typing import Any
+from typing import Any, Literal
 
 import pydantic
 import requests
@@ -24,6 +24,9 @@ from ..protocol import (
     Report,
     Slot,
     StatusResponse,
+    WorkflowList,
+    WorkflowStatus,
+    WorkflowSubmit,
     read_token,
 )
 
@@ -117,6 +120,20 @@ class SchedulerClient:
 
     def status(self) -> StatusResponse:
         return StatusResponse.model_validate(self._call("GET", "/v1/status", None))
+
+    def submit_workflow(self, submit: WorkflowSubmit) -> WorkflowStatus:
+        """Queue a workflow's bundles (idempotent)."""
+        return WorkflowStatus.model_validate(self._call("POST", "/v1/workflows", submit))
+
+    def workflows(self) -> WorkflowList:
+        return WorkflowList.model_validate(self._call("GET", "/v1/workflows", None))
+
+    def workflow(
+        self, workflow_id: str, action: Literal["cancel", "restart"] | None = None
+    ) -> WorkflowStatus:
+        """A workflow's status, or cancel or restart it and get its status after."""
+        path = f"/v1/workflows/{workflow_id}" + (f"/{action}" if action else "")
+        return WorkflowStatus.model_validate(self._call("POST" if action else "GET", path, None))
 
     def _call(self, method: str, path: str, body: pydantic.BaseModel | None) -> Any:
         url = self.url + path

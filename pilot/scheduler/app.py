@@ -15,7 +15,15 @@ from typing import Any
 
 import pydantic
 
-from ..protocol import ClaimRequest, ClaimResponse, ErrorResponse, Heartbeat, Release, Report
+from ..protocol import (
+    ClaimRequest,
+    ClaimResponse,
+    ErrorResponse,
+    Heartbeat,
+    Release,
+    Report,
+    WorkflowSubmit,
+)
 from .errors import RequestError
 from .service import Scheduler
 
@@ -23,6 +31,7 @@ _LOG = logging.getLogger(__name__)
 
 _MAX_BODY = 16 * 1024 * 1024
 _LEASE_PATH = re.compile(r"^/v1/leases/([0-9a-f]{32})/(heartbeat|report|release)$")
+_WORKFLOW_PATH = re.compile(r"^/v1/workflows/([A-Za-z0-9][A-Za-z0-9._-]{0,127})(?:/(cancel|restart))?$")
 _REASONS = {
     200: "OK",
     400: "Bad Request",
@@ -75,6 +84,20 @@ class SchedulerApp:
                 if action == "report":
                     return 200, scheduler.finish(lease_id, _body(environ, Report), "report")
                 return 200, scheduler.finish(lease_id, _body(environ, Release), "release")
+            if path == "/v1/workflows":
+                if method == "POST":
+                    return 200, scheduler.submit_workflow(_body(environ, WorkflowSubmit))
+                _expect(method, "GET")
+                return 200, scheduler.workflow_list()
+            if match := _WORKFLOW_PATH.match(path):
+                workflow_id, action = match.groups()
+                if action is None:
+                    _expect(method, "GET")
+                    return 200, scheduler.workflow_status(workflow_id)
+                _expect(method, "POST")
+                if action == "cancel":
+                    return 200, scheduler.cancel_workflow(workflow_id)
+                return 200, scheduler.restart_workflow(workflow_id)
             return 404, ErrorResponse(error=f"no such endpoint: {path}")
         except RequestError as err:
             return err.status, ErrorResponse(error=str(err))

@@ -7,7 +7,6 @@ from pathlib import Path
 
 from lsst.resources import ResourcePath
 
-from ..errors import BundleError
 from .service import Scheduler
 
 _LOG = logging.getLogger(__name__)
@@ -16,14 +15,14 @@ _LOG = logging.getLogger(__name__)
 def load_bundle_dir(scheduler: Scheduler, directory: Path) -> tuple[int, int]:
     """Queue every ``*.json`` bundle file in ``directory``; return ``(added, already known)``.
 
+    No bundle files is fine: workflows may come later over the protocol (``POST /v1/workflows``).
+
     Raises
     ------
     BundleError
-        The directory has no bundle files, or one of them is invalid.
+        One of the bundle files is invalid.
     """
     files = sorted(directory.glob("*.json"))
-    if not files:
-        raise BundleError(f"no bundle files (*.json) in {directory}")
     added = 0
     for path in files:
         uri = str(ResourcePath(path.absolute()))

@@ -24,6 +24,15 @@ class CommittedOutcome:
 
     succeeded: frozenset[uuid.UUID]
     failed: frozenset[uuid.UUID]
+    causes: dict[uuid.UUID, FailureCause] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class FailureCause:
+    """Why a quantum of a committed report failed: its exception, or the quantum that blocked it."""
+
+    exception_type: str | None
+    blocked_by: uuid.UUID | None
 
 
 def is_committed(bundle_dir: ResourcePath) -> bool:
@@ -51,5 +60,6 @@ def committed_outcome(bundle_dir: ResourcePath) -> CommittedOutcome | None:
         _LOG.warning("Cannot read the committed stage-out in %s: %s", bundle_dir, err)
         return None
     succeeded = frozenset(q.quantum_id for q in report.quanta if q.status == "succeeded")
-    failed = frozenset(q.quantum_id for q in report.quanta if q.status in ("failed", "blocked"))
-    return CommittedOutcome(succeeded, failed)
+    failed = [q for q in report.quanta if q.status in ("failed", "blocked")]
+    causes = {q.quantum_id: FailureCause(q.exception_type, q.blocked_by) for q in failed}
+    return CommittedOutcome(succeeded, frozenset(causes), causes)

@@ -8,6 +8,7 @@ from collections.abc import Collection
 from lsst.resources import ResourcePath
 
 from ..bundle_model import Bundle, write_bundle
+from ..slot import parse_size
 
 
 def remainder_id(root: str, generation: int) -> str:
@@ -21,6 +22,7 @@ def make_remainder(
     bundle_id: str,
     unfinished: Collection[uuid.UUID],
     parent_staged: bool,
+    memory_factor: float = 1.0,
 ) -> Bundle:
     """Return the bundle of ``parent``'s ``unfinished`` quanta.
 
@@ -36,9 +38,17 @@ def make_remainder(
     if parent_staged and parent.bundle_id not in depends_on:
         depends_on.append(parent.bundle_id)
     seconds = parent.resources.seconds
+    memory = parent.resources.memory_mb
     resources = parent.resources.model_copy(
-        update={"seconds": None if seconds is None else seconds * len(quantum_ids) / len(parent.quantum_ids)}
+        update={
+            "seconds": None if seconds is None else seconds * len(quantum_ids) / len(parent.quantum_ids),
+            "memory_mb": None if memory is None else round(memory * memory_factor),
+        }
     )
+    execution = parent.execution
+    if memory_factor != 1.0 and execution.memory_per_worker is not None:
+        budget = parse_size(execution.memory_per_worker) * memory_factor
+        execution = execution.model_copy(update={"memory_per_worker": f"{budget / 2**20:.0f}MiB"})
     return parent.model_copy(
         update={
             "bundle_id": bundle_id,
@@ -46,6 +56,7 @@ def make_remainder(
             "quantum_ids": quantum_ids,
             "depends_on": depends_on,
             "resources": resources,
+            "execution": execution,
         }
     )
 

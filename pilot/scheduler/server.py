@@ -37,6 +37,7 @@ class ServeOptions:
 
 def serve(options: ServeOptions, settings: Settings) -> None:
     """Queue the bundles, then answer requests until SIGTERM or SIGINT."""
+    options.bundle_dir.mkdir(parents=True, exist_ok=True)
     db = options.db or f"sqlite:///{(options.bundle_dir / 'scheduler.sqlite3').absolute()}"
     remainder_dir = options.bundle_dir.absolute() / "remainders"
     remainder_dir.mkdir(exist_ok=True)

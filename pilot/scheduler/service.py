@@ -18,6 +18,7 @@ from typing import Literal
 from lsst.resources import ResourcePath
 
 from ..bundle_model import Bundle, load_bundle
+from ..errors import PilotError
 from ..protocol import (
     ClaimRequest,
     ClaimResponse,
@@ -28,15 +29,32 @@ from ..protocol import (
     Release,
     Report,
     StatusResponse,
+    WorkflowList,
+    WorkflowStatus,
+    WorkflowSubmit,
 )
 from ..staging import area
 from .errors import LeaseGone, RequestError
 from .fit import estimated_seconds
-from .outcome import committed_outcome, is_committed
+from .outcome import CommittedOutcome, committed_outcome, is_committed
 from .remainder import make_remainder, remainder_id, write_remainder
+from .retry_policy import decide
 from .store import BundleRow, FinishPlan, QueueStore, iso
+from .workflows import WorkflowBook
 
 _LOG = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Ended:
+    """How a lease ended: the quanta it accounts for and what was committed."""
+
+    succeeded: set[uuid.UUID]
+    failed: set[uuid.UUID]
+    staged: bool  # a manifest is committed
+    outcome: CommittedOutcome | None  # its report, when readable
+    kind: Literal["report", "release", "expiry"]
+    exit_code: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,6 +77,7 @@ class Scheduler:
         self._remainder_dir = remainder_dir
         self._bundles: dict[str, Bundle] = {}
         self._sweeping = threading.Lock()
+        self.workflows = WorkflowBook(store)
         self.on_staged: list[Callable[[str], None]] = []  # called with each newly staged bundle
 
     def bundle(self, path: str) -> Bundle:
@@ -139,7 +158,10 @@ class Scheduler:
         if staged and not is_committed(self.staging_dir(bundle.bundle_id)):
             _LOG.warning("Bundle %s reported staged, but no manifest is committed.", bundle.bundle_id)
             staged = False
-        plan = self._plan(view.bundle, bundle, succeeded, failed, staged, kind, now, lease_id)
+        outcome = committed_outcome(self.staging_dir(bundle.bundle_id)) if staged else None
+        exit_code = message.exit_code if isinstance(message, Report) else None
+        end = _Ended(succeeded, failed, staged, outcome, kind, exit_code)
+        plan = self._plan(view.bundle, bundle, end, now, lease_id)
         result = self.store.finish(plan)
         assert result is not None
         self._after(plan, result)
@@ -157,7 +179,11 @@ class Scheduler:
                 succeeded = set(outcome.succeeded) if outcome else set()
                 failed = set(outcome.failed) if outcome else set()
                 plan = self._plan(
-                    row, bundle, succeeded, failed, outcome is not None, "expiry", now, lease_id
+                    row,
+                    bundle,
+                    _Ended(succeeded, failed, outcome is not None, outcome, "expiry"),
+                    now,
+                    lease_id,
                 )
                 result = self.store.finish(plan)
                 if result is not None:
@@ -175,36 +201,33 @@ class Scheduler:
     def status(self) -> StatusResponse:
         return self.store.status()
 
-    def _plan(
-        self,
-        row: BundleRow,
-        bundle: Bundle,
-        succeeded: set[uuid.UUID],
-        failed: set[uuid.UUID],
-        staged: bool,
-        kind: Literal["report", "release", "expiry"],
-        now: float,
-        lease_id: str,
-    ) -> FinishPlan:
-        unfinished = {q for q in bundle.quantum_ids if q not in succeeded and q not in failed}
-        # A drain is not the bundle's fault; a report or a lapse is an attempt of its quanta.
-        counted = kind != "release"
+    def _plan(self, row: BundleRow, bundle: Bundle, end: _Ended, now: float, lease_id: str) -> FinishPlan:
+        unfinished = {q for q in bundle.quantum_ids if q not in end.succeeded and q not in end.failed}
+        counted = end.kind != "release"  # a drain is not the bundle's fault (retry_policy, rule 1)
         attempts = row.attempts + (1 if counted else 0)
-        tries_left = attempts < self.settings.max_attempts
-        # Failed quanta (with those they blocked) are tried again while attempts are left.  Not
-        # after a release: it counts no attempt, so retrying its failures could loop forever.
-        retried = failed if counted and tries_left else set()
-        requeued = [q for q in bundle.quantum_ids if q in retried or q in unfinished] if tries_left else []
+        tries_left = attempts < (bundle.retries.max_attempts or self.settings.max_attempts)
+        causes = end.outcome.causes if end.outcome else {}
+        decision = decide(bundle.retries, end.failed, causes, counted=counted, tries_left=tries_left)
+        requeued = (
+            [q for q in bundle.quantum_ids if q in decision.retried or q in unfinished] if tries_left else []
+        )
         abandoned = 0 if tries_left else len(unfinished)
-        left_failed = len(failed) - len(retried)
+        left_failed = len(end.failed) - len(decision.retried)
         remainder = None
         if requeued:
             new_id = remainder_id(row.root, row.generation + 1)
-            rest = make_remainder(bundle, ResourcePath(row.path), new_id, requeued, staged)
+            rest = make_remainder(
+                bundle, ResourcePath(row.path), new_id, requeued, end.staged, decision.memory_factor
+            )
             path = str(write_remainder(rest, self._remainder_dir))
             self._bundles[path] = rest
             remainder = dataclasses.replace(
-                self.row_for(rest, path), root=row.root, generation=row.generation + 1, attempts=attempts
+                self.row_for(rest, path),
+                root=row.root,
+                generation=row.generation + 1,
+                attempts=attempts,
+                workflow_id=row.workflow_id,
+                label=row.label,
             )
         result = FinishResponse(
             bundle_id=bundle.bundle_id,
@@ -213,11 +236,71 @@ class Scheduler:
             requeued_quanta=len(requeued),
             abandoned_quanta=abandoned,
             failed_quanta=left_failed,
-            ingest="queued" if staged else "not_staged",
+            ingest="queued" if end.staged else "not_staged",
         )
-        return FinishPlan(lease_id, bundle.bundle_id, kind, now, staged, result, remainder)
+        return FinishPlan(
+            lease_id, bundle.bundle_id, end.kind, now, end.staged, result, remainder, end.exit_code
+        )
 
     def _after(self, plan: FinishPlan, result: FinishResponse) -> None:
         if plan.staged:
             for callback in self.on_staged:
                 callback(plan.bundle_id)
+
+    # Workflows (``/v1/workflows``): submitted by the BPS plugin, one bundle per job.
+
+    def submit_workflow(self, submit: WorkflowSubmit) -> WorkflowStatus:
+        """Queue a workflow's bundle files (a repeat queues nothing new)."""
+        rows = []
+        for item in submit.bundles:
+            try:
+                bundle = self.bundle(item.path)
+            except PilotError as err:
+                raise RequestError(str(err)) from None
+            row = dataclasses.replace(
+                self.row_for(bundle, item.path), workflow_id=submit.workflow_id, label=item.label
+            )
+            rows.append((row, bundle.depends_on))
+        added = self.workflows.add(submit, rows, time.time())
+        _LOG.info("Workflow %s: %d new bundles queued.", submit.workflow_id, added)
+        return self.workflows.status(submit.workflow_id, f"{added} bundles queued")
+
+    def workflow_status(self, workflow_id: str) -> WorkflowStatus:
+        return self.workflows.status(workflow_id)
+
+    def workflow_list(self) -> WorkflowList:
+        return WorkflowList(workflows=[self.workflows.status(w) for w in self.workflows.ids()])
+
+    def cancel_workflow(self, workflow_id: str) -> WorkflowStatus:
+        queued, running = self.workflows.cancel(workflow_id)
+        _LOG.warning("Workflow %s cancelled: %d queued and %d running bundles.", workflow_id, queued, running)
+        return self.workflows.status(workflow_id, f"cancelled {queued} queued and {running} running bundles")
+
+    def restart_workflow(self, workflow_id: str) -> WorkflowStatus:
+        """Re-queue what did not succeed in the failed and cancelled jobs; run nothing twice."""
+        retries = []
+        for job in self.workflows.jobs(workflow_id):
+            if job.state not in ("failed", "cancelled"):
+                continue
+            row, bundle = job.latest, self.bundle(job.latest.path)
+            # A cancelled bundle's report was refused: its commit (if any) is never ingested.
+            staged = job.staged and job.state == "failed"
+            outcome = committed_outcome(self.staging_dir(row.bundle_id)) if staged else None
+            done = outcome.succeeded if outcome else frozenset()
+            redo = [q for q in bundle.quantum_ids if q not in done]
+            new_id = remainder_id(row.root, row.generation + 1)
+            rest = make_remainder(bundle, ResourcePath(row.path), new_id, redo, outcome is not None)
+            path = str(write_remainder(rest, self._remainder_dir))
+            self._bundles[path] = rest
+            new_row = dataclasses.replace(
+                self.row_for(rest, path),
+                root=row.root,
+                generation=row.generation + 1,
+                workflow_id=workflow_id,
+                label=row.label,
+            )
+            retries.append((row, new_row, outcome is not None))
+        self.workflows.requeue(workflow_id, retries)
+        quanta = sum(rest.n_quanta for _, rest, _ in retries)
+        _LOG.info("Workflow %s restarted: %d jobs, %d quanta re-queued.", workflow_id, len(retries), quanta)
+        return self.workflows.status(workflow_id, f"restarted {len(retries)} jobs: {quanta} quanta re-queued")

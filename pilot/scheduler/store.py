@@ -47,6 +47,8 @@ class BundleRow:
     generation: int = 0
     attempts: int = 0
     disk_mb: int | None = None
+    workflow_id: str | None = None
+    label: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,6 +82,7 @@ class FinishPlan:
     staged: bool
     result: FinishResponse
     remainder: BundleRow | None
+    exit_code: int | None = None
 
 
 def _engine(url: str, pool_size: int) -> sa.Engine:
@@ -122,21 +125,25 @@ class QueueStore:
             for column in table.columns:
                 if column.name not in have and column.nullable:
                     kind = column.type.compile(dialect=self._engine.dialect)
-                    with self._tx() as conn:
+                    with self.tx() as conn:
                         conn.exec_driver_sql(f"ALTER TABLE {table.name} ADD COLUMN {column.name} {kind}")
                     _LOG.warning("Added column %s.%s to the queue database.", table.name, column.name)
 
+    def connect(self) -> sa.Connection:
+        """A connection for reading (``with store.connect() as conn``)."""
+        return self._engine.connect()
+
     @contextmanager
-    def _tx(self) -> Iterator[sa.Connection]:
+    def tx(self) -> Iterator[sa.Connection]:
         with self._engine.begin() as conn:
             yield conn
 
     def add_bundle(self, row: BundleRow, depends_on: list[str]) -> bool:
         """Queue a bundle unless it is known already; return whether it was added."""
-        with self._tx() as conn:
-            return self._insert_bundle(conn, row, depends_on)
+        with self.tx() as conn:
+            return self.insert_bundle(conn, row, depends_on)
 
-    def _insert_bundle(self, conn: sa.Connection, row: BundleRow, depends_on: list[str]) -> bool:
+    def insert_bundle(self, conn: sa.Connection, row: BundleRow, depends_on: list[str]) -> bool:
         if conn.execute(sa.select(bundles.c.bundle_id).where(bundles.c.bundle_id == row.bundle_id)).first():
             return False
         seq = conn.execute(sa.select(sa.func.coalesce(sa.func.max(bundles.c.seq), 0))).scalar_one() + 1
@@ -152,9 +159,9 @@ class QueueStore:
     def claim(self, pilot_id: str, slot: Slot, now: float, ttl: float) -> Claimed | None:
         """Lease the first queued, ready bundle that fits ``slot``; None if there is none."""
         b = bundles
-        claimable = [b.c.state == "queued", *fits(b, slot), ~self._waiting(b)]
+        claimable = [b.c.state == "queued", *fits(b, slot), ~self.waiting(b)]
         query = sa.select(b.c.bundle_id, b.c.path).where(*claimable).order_by(b.c.seq).limit(8)
-        with self._tx() as conn:
+        with self.tx() as conn:
             self._seen(conn, pilot_id, now)
             for _ in range(3):
                 candidates = conn.execute(query).all()
@@ -185,11 +192,16 @@ class QueueStore:
         return None
 
     @staticmethod
-    def _waiting(b: sa.Table) -> sa.ColumnElement[bool]:
+    def waiting(b: sa.Table) -> sa.ColumnElement[bool]:
         """True for a bundle with an upstream bundle not finished (or not known)."""
         u = bundles.alias("u")
         finished = sa.exists().where(u.c.bundle_id == deps.c.dep_id, u.c.state.in_(FINISHED))
         return sa.exists().where(deps.c.bundle_id == b.c.bundle_id, ~finished)
+
+    @staticmethod
+    def deps_of(conn: sa.Connection, bundle_id: str) -> list[str]:
+        """The bundles ``bundle_id`` waits for."""
+        return list(conn.execute(sa.select(deps.c.dep_id).where(deps.c.bundle_id == bundle_id)).scalars())
 
     @staticmethod
     def _upstream(conn: sa.Connection, bundle_id: str) -> list[str]:
@@ -214,7 +226,7 @@ class QueueStore:
 
         A lease past its expiry that was not yet expired is extended: its pilot is alive.
         """
-        with self._tx() as conn:
+        with self.tx() as conn:
             extended = conn.execute(
                 leases.update()
                 .where(leases.c.lease_id == lease_id, leases.c.state == "active")
@@ -237,16 +249,16 @@ class QueueStore:
 
     def lease_view(self, lease_id: str) -> LeaseView:
         """Return a lease's state, its recorded result and its bundle."""
-        with self._engine.connect() as conn:
+        with self.connect() as conn:
             row = conn.execute(
-                sa.select(leases.c.state, leases.c.result, *_ROW_COLUMNS)
+                sa.select(leases.c.state, leases.c.result, *ROW_COLUMNS)
                 .join(bundles, bundles.c.bundle_id == leases.c.bundle_id)
                 .where(leases.c.lease_id == lease_id)
             ).first()
         if row is None:
             raise LeaseNotFound(f"no lease {lease_id}")
         result = None if row.result is None else FinishResponse.model_validate_json(row.result)
-        return LeaseView(row.state, result, _bundle_row(row._mapping))
+        return LeaseView(row.state, result, bundle_row(row._mapping))
 
     def finish(self, plan: FinishPlan) -> FinishResponse | None:
         """End a lease as ``plan`` says, once: a repeated report gets the first answer back.
@@ -263,7 +275,7 @@ class QueueStore:
         ending = [leases.c.lease_id == plan.lease_id, leases.c.state == "active"]
         if plan.kind == "expiry":
             ending.append(leases.c.expires_at < plan.now)  # not if a heartbeat just extended it
-        with self._tx() as conn:
+        with self.tx() as conn:
             ended = conn.execute(
                 leases.update().where(*ending).values(state=lease_state, result=plan.result.model_dump_json())
             )
@@ -287,6 +299,8 @@ class QueueStore:
                     staged=plan.staged,
                     ingest="pending" if plan.staged else "none",
                     finished_at=plan.now,
+                    exit_code=plan.exit_code,
+                    failed_quanta=plan.result.failed_quanta + plan.result.abandoned_quanta,
                 )
             )
             conn.execute(pilots.update().where(pilots.c.lease_id == plan.lease_id).values(lease_id=None))
@@ -295,8 +309,7 @@ class QueueStore:
         return plan.result
 
     def _queue_remainder(self, conn: sa.Connection, parent: str, row: BundleRow, parent_staged: bool) -> None:
-        inherited = list(conn.execute(sa.select(deps.c.dep_id).where(deps.c.bundle_id == parent)).scalars())
-        self._insert_bundle(conn, row, inherited + ([parent] if parent_staged else []))
+        self.insert_bundle(conn, row, self.deps_of(conn, parent) + ([parent] if parent_staged else []))
         # Bundles still waiting for the parent now wait for (and read from) the remainder too.
         waiting_for_parent = (
             sa.select(deps.c.bundle_id)
@@ -308,37 +321,37 @@ class QueueStore:
 
     def due_leases(self, now: float) -> list[tuple[str, str]]:
         """Return ``(lease_id, bundle_id)`` of active leases past their expiry."""
-        with self._engine.connect() as conn:
+        with self.connect() as conn:
             query = sa.select(leases.c.lease_id, leases.c.bundle_id).where(
                 leases.c.state == "active", leases.c.expires_at < now
             )
             return [(lease_id, bundle_id) for lease_id, bundle_id in conn.execute(query)]
 
     def bundle_row(self, bundle_id: str) -> BundleRow:
-        with self._engine.connect() as conn:
-            row = conn.execute(sa.select(*_ROW_COLUMNS).where(bundles.c.bundle_id == bundle_id)).one()
-        return _bundle_row(row._mapping)
+        with self.connect() as conn:
+            row = conn.execute(sa.select(*ROW_COLUMNS).where(bundles.c.bundle_id == bundle_id)).one()
+        return bundle_row(row._mapping)
 
     def pending_ingests(self) -> list[str]:
         """Bundles reported staged whose ingest has not finished, in queue order."""
-        with self._engine.connect() as conn:
+        with self.connect() as conn:
             query = (
                 sa.select(bundles.c.bundle_id).where(bundles.c.ingest == "pending").order_by(bundles.c.seq)
             )
             return list(conn.execute(query).scalars())
 
     def set_ingest(self, bundle_id: str, state: Literal["done", "failed"]) -> None:
-        with self._tx() as conn:
+        with self.tx() as conn:
             conn.execute(bundles.update().where(bundles.c.bundle_id == bundle_id).values(ingest=state))
 
     def status(self) -> StatusResponse:
         """Counts of bundles per state, staged bundles per ingest state, and the pilots."""
-        with self._engine.connect() as conn:
+        with self.connect() as conn:
             by_state: dict[str, int] = dict(
                 conn.execute(sa.select(bundles.c.state, sa.func.count()).group_by(bundles.c.state)).all()
             )
             waiting = conn.execute(
-                sa.select(sa.func.count()).where(bundles.c.state == "queued", self._waiting(bundles))
+                sa.select(sa.func.count()).where(bundles.c.state == "queued", self.waiting(bundles))
             ).scalar_one()
             by_ingest: dict[str, int] = dict(
                 conn.execute(
@@ -353,7 +366,9 @@ class QueueStore:
                 .order_by(pilots.c.pilot_id)
             ).all()
         return StatusResponse(
-            bundles={state: int(by_state.get(state, 0)) for state in ("queued", "running", *FINISHED)},
+            bundles={
+                state: int(by_state.get(state, 0)) for state in ("queued", "running", *FINISHED, "cancelled")
+            },
             waiting=int(waiting),
             ingest={state: int(by_ingest.get(state, 0)) for state in ("pending", "done", "failed")},
             pilots=[
@@ -369,7 +384,7 @@ class QueueStore:
         )
 
 
-_ROW_COLUMNS = (
+ROW_COLUMNS = (
     bundles.c.bundle_id,
     bundles.c.path,
     bundles.c.n_quanta,
@@ -380,9 +395,11 @@ _ROW_COLUMNS = (
     bundles.c.generation,
     bundles.c.attempts,
     bundles.c.disk_mb,
+    bundles.c.workflow_id,
+    bundles.c.label,
 )
 
 
-def _bundle_row(row: sa.RowMapping) -> BundleRow:
-    """The `BundleRow` in a result row that selected `_ROW_COLUMNS` (and maybe more)."""
-    return BundleRow(**{column.name: row[column] for column in _ROW_COLUMNS})
+def bundle_row(row: sa.RowMapping) -> BundleRow:
+    """The `BundleRow` in a result row that selected `ROW_COLUMNS` (and maybe more)."""
+    return BundleRow(**{column.name: row[column] for column in ROW_COLUMNS})

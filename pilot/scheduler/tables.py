@@ -12,7 +12,7 @@ bundles = sa.Table(
     sa.Column("bundle_id", sa.String(128), primary_key=True),
     sa.Column("seq", sa.Integer, nullable=False, index=True),
     sa.Column("path", sa.Text, nullable=False),  # absolute URI of the bundle file
-    sa.Column("state", sa.String(16), nullable=False, index=True),  # queued running done failed
+    sa.Column("state", sa.String(16), nullable=False, index=True),  # queued running done failed cancelled
     sa.Column("n_quanta", sa.Integer, nullable=False),
     sa.Column("cores", sa.Integer, nullable=False),
     sa.Column("memory_mb", sa.Integer, nullable=True),
@@ -26,6 +26,24 @@ bundles = sa.Table(
     sa.Column("staged", sa.Boolean, nullable=False),
     sa.Column("ingest", sa.String(16), nullable=False),  # none pending done failed
     sa.Column("finished_at", sa.Float, nullable=True),
+    # Added later (QueueStore adds them to older databases): the workflow and job label of a
+    # bundle submitted over the protocol, and the exit code of its last report.
+    sa.Column("workflow_id", sa.String(128), nullable=True, index=True),
+    sa.Column("label", sa.String(200), nullable=True),
+    sa.Column("exit_code", sa.Integer, nullable=True),
+    sa.Column("failed_quanta", sa.Integer, nullable=True),
+)
+
+# Workflows submitted over the protocol (``POST /v1/workflows``, e.g. by the BPS plugin).
+workflows = sa.Table(
+    "pilot_workflows",
+    metadata,
+    sa.Column("workflow_id", sa.String(128), primary_key=True),
+    sa.Column("seq", sa.Integer, nullable=False),
+    sa.Column("run", sa.Text, nullable=False),
+    sa.Column("cancelled", sa.Boolean, nullable=False),
+    sa.Column("submitted_at", sa.Float, nullable=False),
+    sa.Column("info", sa.Text, nullable=False),  # submit_path, operator, project, campaign, payload, excluded
 )
 
 # Edges "bundle_id waits for dep_id".  A remainder of dep_id inherits dep_id's edges, so
