@@ -92,14 +92,52 @@ def main(log_level: str, long_log: bool) -> None:
     "--max-quanta", type=int, default=None, help="Most quanta per bundle (whole chains kept together)."
 )
 @click.option("--staging", default=None, help="DBB staging-area URI (default: <repo>/pilot-staging).")
-def bundle(qgraph: str, repo: str, out_dir: Path, max_quanta: int | None, staging: str | None) -> None:
+@click.option(
+    "--exclude",
+    "exclusions",
+    metavar="LABEL:EXPRESSION",
+    multiple=True,
+    help="Leave out the quanta of task LABEL whose data IDs match the butler query EXPRESSION "
+    "(e.g. 'calibrate:detector IN (8, 9)'), and everything downstream of them. Repeatable.",
+)
+def bundle(
+    qgraph: str,
+    repo: str,
+    out_dir: Path,
+    max_quanta: int | None,
+    staging: str | None,
+    exclusions: tuple[str, ...],
+) -> None:
     """Split quantum graph QGRAPH (.qg) into bundle files, after preparing the DBB once."""
-    from .central.bundling import make_bundles
+    from .central.bundling import EXCLUDED_FILE, excluded_counts, make_bundles
 
-    paths = make_bundles(qgraph, repo, out_dir, max_quanta=max_quanta, staging=staging)
+    try:
+        exclude = _parse_exclusions(exclusions)
+    except ValueError as err:  # a usage error, on one line
+        click.echo(error_line(str(err)), err=True)
+        sys.exit(2)
+    paths = make_bundles(qgraph, repo, out_dir, max_quanta=max_quanta, staging=staging, exclude=exclude)
     for path in paths:
         click.echo(str(path))
+    counts = excluded_counts(out_dir) if exclude else {}
+    if counts:
+        per_label = ", ".join(f"{count} of {label}" for label, count in counts.items())
+        click.echo(
+            f"excluded {sum(counts.values())} quanta ({per_label}); see {out_dir / EXCLUDED_FILE}", err=True
+        )
     click.echo(f"{len(paths)} bundles written to {out_dir}", err=True)
+
+
+def _parse_exclusions(exclusions: Sequence[str]) -> dict[str, str]:
+    """Map ``LABEL:EXPRESSION`` options to ``{label: expression}``; a repeated label ORs its expressions."""
+    exclude: dict[str, str] = {}
+    for item in exclusions:
+        label, colon, expression = item.partition(":")
+        if not colon or not label.strip():
+            raise ValueError(f"--exclude {item!r} is not LABEL:EXPRESSION (e.g. 'isr:detector IN (8, 9)')")
+        label, expression = label.strip(), expression.strip()
+        exclude[label] = f"({exclude[label]}) OR ({expression})" if label in exclude else expression
+    return exclude
 
 
 @main.command(epilog=EXIT_CODE_HELP)
