@@ -513,13 +513,20 @@ def run_qbb(
 @click.option(
     "--processes", type=click.IntRange(0), default=None, help="Warm workers (default: the slot's cores)."
 )
-def demo(directory: Path, detectors: int, sleep: float, max_quanta: int, processes: int | None) -> None:
+@click.option(
+    "--bps", is_flag=True, help="Run it through bps submit (Parsl, loopback) with pilot run-qbb jobs."
+)
+def demo(
+    directory: Path, detectors: int, sleep: float, max_quanta: int, processes: int | None, bps: bool
+) -> None:
     """Build a demo DBB and pipeline in DIRECTORY, run every bundle, ingest, and report."""
     from .demo.campaign import run_demo
     from .report import count_statuses
     from .slot import available_cores
 
     workers = available_cores() if processes is None else processes
+    if bps:
+        _bps_demo(directory, detectors, sleep, max(workers, 1))
     result = run_demo(directory, n_detectors=detectors, sleep=sleep, max_quanta=max_quanta, processes=workers)
     all_results = [q for outcome in result.runs for q in outcome.report.quanta]
     counts, tasks = count_statuses(all_results)
@@ -538,6 +545,21 @@ def demo(directory: Path, detectors: int, sleep: float, max_quanta: int, process
         "every quantum succeeded"
         if ok
         else f"{len(all_results) - counts['succeeded']} quanta did not succeed"
+    )
+    sys.exit(int(ExitCode.SUCCESS if ok else ExitCode.QUANTA_FAILED))
+
+
+def _bps_demo(directory: Path, detectors: int, sleep: float, cores: int) -> None:
+    from .demo.bps_demo import run_bps_demo
+
+    result = run_bps_demo(directory, n_detectors=detectors, sleep=sleep, cores=cores)
+    click.echo(f"bps submit {result.submit_yaml}: exit {result.returncode}   run: {result.output_run}")
+    rows = [(label, c["log"], c["metadata"], c["output"]) for label, c in result.counts.items()]
+    click.echo(f"{'task':<16}{'logs':>6}{'metadata':>10}{'outputs':>9}")
+    click.echo("\n".join(f"{label:<16}{log:>6}{meta:>10}{out:>9}" for label, log, meta, out in rows))
+    ok = result.returncode == 0 and bool(rows) and all(r[1] == r[2] == r[3] == detectors for r in rows)
+    click.echo(
+        "every quantum's outputs registered" if ok else f"see {result.submit_yaml.parent}/bps-submit.log"
     )
     sys.exit(int(ExitCode.SUCCESS if ok else ExitCode.QUANTA_FAILED))
 

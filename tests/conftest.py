@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from lsst.daf.butler import Butler, DatasetType
+from lsst.daf.butler import Butler, DatasetRef, DatasetType
 from lsst.pipe.base.all_dimensions_quantum_graph_builder import AllDimensionsQuantumGraphBuilder
 from lsst.pipe.base.pipeline_graph import PipelineGraph
 from lsst.pipe.base.tests.mocks import (
@@ -52,6 +52,42 @@ CHAIN3 = (
     TaskSpec("calibrate", "postISRCCD", "calexp"),
     TaskSpec("measure", "calexp", "src"),
 )
+
+FAILING_CHAIN = (
+    TaskSpec("isr", "raw", "postISRCCD"),
+    TaskSpec("calibrate", "postISRCCD", "calexp", fail_condition="detector = 2"),
+    TaskSpec("measure", "calexp", "src"),
+)
+
+
+def registered_datasets(repo: Path, run: str, with_ids: bool = True) -> dict[tuple[str, str], object]:
+    """Datasets of ``run`` (type, data ID) and, for the mocks' outputs, their content.
+
+    ``with_ids=False`` drops the dataset IDs from the content, to compare the runs of two
+    separately built graphs.
+    """
+    from lsst.pipe.base.tests.mocks import MockStorageClass, get_original_name, is_mock_name
+
+    def content(ref: DatasetRef) -> object:
+        if ref.datasetType.name not in ("postISRCCD", "calexp", "src"):
+            return None
+        dumped = butler.get(ref).model_dump(mode="json")
+        return dumped if with_ids else _without_ids(dumped)
+
+    with Butler.from_config(str(repo)) as butler:
+        refs = list(butler.query_all_datasets(run, find_first=False))
+        for ref in refs:
+            if is_mock_name(ref.datasetType.storageClass_name):
+                MockStorageClass.get_or_register_mock(get_original_name(ref.datasetType.storageClass_name))
+        return {(ref.datasetType.name, str(ref.dataId.required)): content(ref) for ref in refs}
+
+
+def _without_ids(value: object) -> object:
+    if isinstance(value, dict):
+        return {k: _without_ids(v) for k, v in value.items() if k != "dataset_id"}
+    if isinstance(value, list):
+        return [_without_ids(v) for v in value]
+    return value
 
 
 def build_graph(repo: Path, output_run: str, qgraph: Path, tasks: Sequence[TaskSpec]) -> Path:

@@ -26,3 +26,18 @@ def test_demo_runs_twice(tmp_path: Path) -> None:
         for run in runs:
             assert len(butler.query_all_datasets(run, limit=None)) == 184
         assert butler.collections.get_info("demo").children[:1] == (runs[1],)
+
+
+def test_demo_through_bps_submit(tmp_path: Path) -> None:
+    """``pilot demo --bps``: a real ``bps submit`` (Parsl on loopback) with ``pilot run-qbb`` jobs."""
+    result = pilot("demo", tmp_path / "demo", "--bps", "--detectors", "3", "--sleep", "0", "--processes", "1")
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = {line.split()[0]: line.split()[1:] for line in result.stdout.splitlines()[2:5]}
+    assert rows == {label: ["3", "3", "3"] for label in ("isr", "calibrateImage", "measureSources")}
+    submit = (tmp_path / "demo" / "bps-submit.yaml").read_text()
+    assert "pilot.bps.parsl_local.LoopbackLocal" in submit and "pilot {runPreCmdOpts} run-qbb" in submit
+    jobs = sorted((tmp_path / "demo" / "submit").glob("demo-bps/*/logs/chain/*.stderr"))
+    assert len(jobs) == 3 and all("run-qbb: 3 of 3 quanta succeeded" in job.read_text() for job in jobs)
+    with Butler.from_config(str(tmp_path / "demo" / "dbb")) as butler:
+        (run,) = butler.collections.query("demo-bps/*")
+        assert len(butler.query_all_datasets(run, limit=None)) == 3 * 3 * 3 + 3 + 1  # + configs, packages

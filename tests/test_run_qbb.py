@@ -13,15 +13,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import TaskSpec, make_campaign
-from lsst.daf.butler import Butler
+from conftest import FAILING_CHAIN, make_campaign, registered_datasets
 from lsst.pipe.base.quantum_graph import PredictedQuantumGraph
-
-FAILING_CHAIN = (
-    TaskSpec("isr", "raw", "postISRCCD"),
-    TaskSpec("calibrate", "postISRCCD", "calexp", fail_condition="detector = 2"),
-    TaskSpec("measure", "calexp", "src"),
-)
 
 
 def _tool(name: str) -> str:
@@ -30,40 +23,6 @@ def _tool(name: str) -> str:
 
 def _run(*command: str | Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run([str(c) for c in command], capture_output=True, text=True, check=False)
-
-
-# BPS's final job, in a process that knows the pipe_base mocks' storage classes (a real
-# campaign's final job has its real storage classes; the mock ones exist only once registered).
-FINAL_JOB = """
-import sys
-from lsst.daf.butler import Butler
-from lsst.daf.butler.cli.butler import main
-from pilot.central.mock_storage import register_mock_storage_classes
-
-with Butler.from_config(sys.argv[-1]) as butler:
-    register_mock_storage_classes(t.storageClass_name for t in butler.registry.queryDatasetTypes())
-sys.argv = ["butler", *sys.argv[1:]]
-sys.exit(main())
-"""
-
-
-def _registered(repo: Path, run: str) -> dict[tuple[str, str], object]:
-    """Datasets of ``run`` (type, data ID) and, for the mocks' outputs, their content."""
-    from lsst.pipe.base.tests.mocks import MockStorageClass, get_original_name, is_mock_name
-
-    with Butler.from_config(str(repo)) as butler:
-        refs = list(butler.query_all_datasets(run, find_first=False))
-        for ref in refs:
-            if is_mock_name(ref.datasetType.storageClass_name):
-                MockStorageClass.get_or_register_mock(get_original_name(ref.datasetType.storageClass_name))
-        return {
-            (ref.datasetType.name, str(ref.dataId.required)): (
-                butler.get(ref).model_dump(mode="json")
-                if ref.datasetType.name in ("postISRCCD", "calexp", "src")
-                else None
-            )
-            for ref in refs
-        }
 
 
 @pytest.mark.parametrize("processes", ["1", "2"])
@@ -93,9 +52,10 @@ def test_same_datasets_as_pipetask_run_qbb(tmp_path: Path, processes: str) -> No
             processes,
         )
         assert job.returncode == 1, job.stderr  # detector 2's calibrate fails, as pipetask reports it
-        final = _run(sys.executable, "-c", FINAL_JOB, "aggregate-graph", camp.qgraph, repo)
+        # BPS's final job, through the pilot's entry point that first registers the mocks' storage classes.
+        final = _run(sys.executable, "-m", "pilot.bps.final_job", "aggregate-graph", camp.qgraph, repo)
         assert final.returncode == 0, final.stderr
-        registered[executor] = _registered(repo, camp.output_run)
+        registered[executor] = registered_datasets(repo, camp.output_run)
     assert registered["pilot"] == registered["pipetask"]
     names = sorted({name for name, _ in registered["pilot"]})
     assert "src" in names and "calibrate_log" in names

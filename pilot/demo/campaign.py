@@ -64,28 +64,29 @@ def create_dbb(root: Path, n_detectors: int, config: Config | None = None) -> No
         )
 
 
+def add_demo_tasks(mock_repo: DirectButlerRepo, sleep: float) -> None:
+    """Add the demo pipeline's mock tasks to ``mock_repo``."""
+    for label, input_type, output_type in PIPELINE:
+        config = DynamicTestPipelineTaskConfig()
+        config.sleep = sleep
+        mock_repo.add_task(
+            label,
+            dimensions=DIMENSIONS,
+            config=config,
+            inputs={
+                "input": DynamicConnectionConfig(dataset_type_name=input_type, dimensions=list(DIMENSIONS))
+            },
+            outputs={
+                "output": DynamicConnectionConfig(dataset_type_name=output_type, dimensions=list(DIMENSIONS))
+            },
+        )
+
+
 def build_quantum_graph(repo: Path, output_run: str, qgraph: Path, sleep: float) -> None:
     """Build and write the demo pipeline's quantum graph, inserting mock raws on first use."""
     with Butler.from_config(str(repo), writeable=True) as butler:
         mock_repo = DirectButlerRepo(butler, use_import_collections_as_input=False, data_root=None)
-        for label, input_type, output_type in PIPELINE:
-            config = DynamicTestPipelineTaskConfig()
-            config.sleep = sleep
-            mock_repo.add_task(
-                label,
-                dimensions=DIMENSIONS,
-                config=config,
-                inputs={
-                    "input": DynamicConnectionConfig(
-                        dataset_type_name=input_type, dimensions=list(DIMENSIONS)
-                    )
-                },
-                outputs={
-                    "output": DynamicConnectionConfig(
-                        dataset_type_name=output_type, dimensions=list(DIMENSIONS)
-                    )
-                },
-            )
+        add_demo_tasks(mock_repo, sleep)
         builder = mock_repo.make_quantum_graph_builder(
             output_run=output_run, register_output_dataset_types=False
         )
