@@ -36,10 +36,17 @@ class StopRequest:
         self.deadline: float | None = None
         """`time.monotonic` time after which running quanta are cut short."""
         self._in_process_task = False
+        self._later: list[str] = []
 
     def request(self, reason: str) -> None:
-        """Ask for a stop (from a signal handler or another thread); the first reason wins."""
+        """Ask for a stop (from a signal handler or another thread); the first reason wins.
+
+        A later reason is not lost: `clear` turns it into the request (a SIGTERM that
+        comes while the pilot stops a bundle whose lease was withdrawn still drains it).
+        """
         if self.reason is not None:
+            if reason != self.reason and reason not in self._later:
+                self._later.append(reason)
             return
         self.reason = reason
         self.deadline = time.monotonic() + self.grace
@@ -51,9 +58,12 @@ class StopRequest:
         self.request(f"received {signal.Signals(signum).name}")
 
     def clear(self) -> None:
-        """Forget the request (the next bundle runs normally)."""
+        """Forget the request (the next bundle runs normally), unless another came meanwhile."""
         self.reason = None
         self.deadline = None
+        later, self._later = self._later, []
+        if later:
+            self.request(later[0])
 
     @contextlib.contextmanager
     def grace_limited(self) -> Iterator[None]:

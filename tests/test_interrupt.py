@@ -9,6 +9,7 @@ import pytest
 from conftest import TaskSpec, pilot, read_report, start_run
 
 from pilot.exit_codes import ExitCode
+from pilot.interruption import StopRequest
 
 SLOW_CHAIN = (TaskSpec("a", "raw", "x", sleep=1.0), TaskSpec("b", "x", "y", sleep=1.0))
 
@@ -71,3 +72,15 @@ def test_grace_period_ends_a_running_quantum(
     init_outputs = ("_config", "packages")
     registered = sorted(name for name, _ in camp.datasets_in_run() if not name.endswith(init_outputs))
     assert registered == ["a_log", "a_metadata", "x"]
+
+
+def test_a_signal_during_another_stop_is_not_lost() -> None:
+    """A SIGTERM while the pilot stops a bundle whose lease was withdrawn must still drain it."""
+    stop = StopRequest(grace=5)
+    stop.request("the scheduler withdrew the lease")
+    stop.handle(signal.SIGTERM, None)
+    assert stop.reason == "the scheduler withdrew the lease"  # the first reason wins for this bundle
+    stop.clear()  # that bundle is given up; the next step of the pilot sees the signal
+    assert stop.reason == "received SIGTERM" and stop.deadline is not None
+    stop.clear()
+    assert stop.reason is None

@@ -11,13 +11,15 @@ from pathlib import Path
 
 import pytest
 from conftest import serve
+from lsst.resources import ResourcePath
 from test_scheduler import SLOT, client, write_bundles
 
-from pilot.bundle_model import RetryPolicy
+from pilot.bundle_model import ExecutionSpec, RetryPolicy, load_bundle
 from pilot.errors import LeaseGone, SchedulerRejected
 from pilot.glidein.client import SchedulerClient
 from pilot.protocol import Heartbeat, Report, WorkflowBundle, WorkflowSubmit
 from pilot.scheduler.outcome import FailureCause
+from pilot.scheduler.remainder import make_remainder
 from pilot.scheduler.retry_policy import decide
 
 
@@ -147,3 +149,14 @@ def test_retry_policy_keeps_task_failures_final_when_told() -> None:
     assert decide(RetryPolicy(), failed, causes, counted=True, tries_left=True).retried == failed
     assert not decide(bps_like, failed, causes, counted=False, tries_left=True).retried  # a drain
     assert not decide(bps_like, failed, causes, counted=True, tries_left=False).retried
+
+
+def test_a_retry_after_a_memory_failure_gets_more_memory(tmp_path: Path) -> None:
+    quanta = write_bundles(tmp_path, {"a": {"resources": {"memory_mb": 1000}}})["a"]
+    parent = load_bundle(tmp_path / "a.json").model_copy(
+        update={"execution": ExecutionSpec(memory_per_worker="500MiB")}
+    )
+    rest = make_remainder(parent, ResourcePath(tmp_path / "a.json"), "a-r1", quanta[:1], False, 2.0)
+    assert (rest.resources.memory_mb, rest.execution.memory_per_worker) == (2000, "1000MiB")
+    same = make_remainder(parent, ResourcePath(tmp_path / "a.json"), "a-r1", quanta[:1], False)
+    assert (same.resources.memory_mb, same.execution.memory_per_worker) == (1000, "500MiB")
