@@ -3,9 +3,10 @@
 What ``pilot demo --bps``, the tests and the benchmark hand to a real ``bps submit``: a
 pipeline YAML of ``lsst.pipe.base.tests.mocks.DynamicTestPipelineTask`` chains (BPS builds
 the quantum graph from it with ``pipetask qgraph``) and a submit YAML that runs the
-workflow with ctrl_bps_parsl on :class:`pilot.bps.parsl_local.LoopbackLocal`, clustered
-one job per detector chain, each job's command either stock ``pipetask run-qbb`` or
-``pilot run-qbb``.
+workflow with ctrl_bps_parsl on :class:`pilot.bps.parsl_local.LoopbackLocal` (each job's
+command either stock ``pipetask run-qbb`` or ``pilot run-qbb``) or with
+``pilot.bps.PilotService`` on a running ``pilot serve``, clustered one job per detector
+chain or, with BPS's ``partitionDimensions``, K detectors' chains per job.
 """
 
 from __future__ import annotations
@@ -86,10 +87,61 @@ class Submission:
     cores: int = 2
     job_command: str = "pilot"
     """``pilot`` (``pilot run-qbb`` jobs) or ``pipetask`` (BPS's default ``pipetask run-qbb``)."""
+    detectors_per_job: int = 1
+    """Detectors' chains per job: above 1, BPS partitions the detectors into jobs of this many."""
+    pilot_scheduler: str = ""
+    """A ``pilot serve`` URL: submit to ``pilot.bps.PilotService`` there instead of Parsl."""
+    pilot_token_file: str = ""
+    """That scheduler's token file (with ``pilot_scheduler``)."""
+
+
+def _cluster_yaml(sub: Submission) -> str:
+    """BPS's dimension clustering: one job per detector, or ``detectors_per_job`` detectors per job."""
+    chain = f"{len(sub.labels)} quanta"
+    if sub.detectors_per_job == 1:
+        return f"""\
+# One job per detector: its chain of {chain}.
+clusterAlgorithm: lsst.ctrl.bps.quantum_clustering_funcs.dimension_clustering
+cluster:
+  chain:
+    pipetasks: {",".join(sub.labels)}
+    dimensions: detector
+"""
+    # partitionMaxSize partitions the detector values (sorted as strings) into jobs of that many.
+    return f"""\
+# {sub.detectors_per_job} detectors per job, each its chain of {chain}.
+clusterAlgorithm: lsst.ctrl.bps.quantum_clustering_funcs.dimension_clustering
+cluster:
+  chain:
+    pipetasks: {",".join(sub.labels)}
+    dimensions: instrument
+    partitionDimensions: detector
+    partitionMaxSize: {sub.detectors_per_job}
+"""
+
+
+def _wms_yaml(sub: Submission) -> str:
+    """Where the jobs run: ``pilot serve`` through PilotService, else Parsl on the loopback site."""
+    if sub.pilot_scheduler:
+        return f"""\
+wmsServiceClass: pilot.bps.PilotService
+pilotScheduler: {json.dumps(sub.pilot_scheduler)}
+pilotTokenFile: {json.dumps(sub.pilot_token_file)}
+"""
+    return f"""\
+wmsServiceClass: lsst.ctrl.bps.parsl.ParslService
+computeSite: loopback
+site:
+  loopback:
+    class: pilot.bps.parsl_local.LoopbackLocal
+    cores: {sub.cores}
+    run_dir: {json.dumps(sub.run_dir)}
+    retries: 0  # a failing mock quantum fails again; BPS's final job registers what succeeded
+"""
 
 
 def submit_yaml(sub: Submission) -> str:
-    """The submit YAML of ``sub``: Parsl on loopback, one job per detector's chain of quanta."""
+    """The submit YAML of ``sub``: Parsl on loopback (or PilotService), clustered by detector."""
     run_quantum = (
         f"runQuantumCommand: {json.dumps(PILOT_RUN_QUANTUM)}\n"
         if sub.job_command == "pilot"
@@ -106,22 +158,8 @@ payload:
   outputRun: {json.dumps(sub.output_run)}
 submitPath: {json.dumps(sub.submit_path)}
 
-wmsServiceClass: lsst.ctrl.bps.parsl.ParslService
-computeSite: loopback
-site:
-  loopback:
-    class: pilot.bps.parsl_local.LoopbackLocal
-    cores: {sub.cores}
-    run_dir: {json.dumps(sub.run_dir)}
-    retries: 0  # a failing mock quantum fails again; BPS's final job registers what succeeded
-
-# One job per detector: its chain of {len(sub.labels)} quanta.
-clusterAlgorithm: lsst.ctrl.bps.quantum_clustering_funcs.dimension_clustering
-cluster:
-  chain:
-    pipetasks: {",".join(sub.labels)}
-    dimensions: detector
-
+{_wms_yaml(sub)}
+{_cluster_yaml(sub)}
 {run_quantum}finalJob:
   requestCpus: 1
   command1: {json.dumps(FINAL_JOB)}
