@@ -316,6 +316,13 @@ def ingest(repo: str, staging: str | None) -> None:
 @click.option(
     "--max-attempts", type=click.IntRange(1), default=3, show_default=True, help="Tries of a quantum."
 )
+@click.option(
+    "--retry-after",
+    type=click.FloatRange(0.1),
+    default=10.0,
+    show_default=True,
+    help="Seconds an idle pilot waits before claiming again.",
+)
 @click.option("--threads", type=click.IntRange(1), default=16, show_default=True, help="Request threads.")
 def serve(
     bundle_dir: Path,
@@ -328,6 +335,7 @@ def serve(
     lease_ttl: float,
     seconds_per_quantum: float,
     max_attempts: int,
+    retry_after: float,
     threads: int,
 ) -> None:
     """Hand the bundles in BUNDLE_DIR to pilots (protocol v1); ingest what they stage.
@@ -341,7 +349,7 @@ def serve(
 
     token = read_token(token_file)
     options = ServeOptions(bundle_dir, repo, token, db=db, host=host, port=port, threads=threads)
-    settings = Settings(lease_ttl, seconds_per_quantum, max_attempts, staging=staging)
+    settings = Settings(lease_ttl, seconds_per_quantum, max_attempts, retry_after, staging=staging)
     serve(options, settings)
 
 

@@ -145,7 +145,7 @@ def test_pilot_service_registers_what_stock_bps_does(tmp_path: Path) -> None:
         stock = pool.submit(stock_submit, tmp_path, stock_repo, pipeline, "pipetask")
         work = tmp_path / "service"
         work.mkdir()
-        with serve(work / "scheduler", pilot_repo) as url:
+        with serve(work / "scheduler", pilot_repo, "--retry-after", "1") as url:
             labels = [spec.label for spec in FAILING_CHAIN]
             memory = "pipetask:\n  calibrate:\n    requestMemory: 3000\n"
             wf = Workflow(pipeline, labels, pilot_repo, "input_chain", "bps", memory)
@@ -220,7 +220,7 @@ def test_exclude_cancel_and_restart(tmp_path: Path) -> None:
     slow = tmp_path / "slow.yaml"
     slow.write_text(PAYLOAD_PIPELINE.format(sleep=3.0, fail_counts=tmp_path / "none"))
     token = work / "token"
-    with serve(work / "scheduler", camp.repo, "--lease-ttl", "6") as url:
+    with serve(work / "scheduler", camp.repo, "--lease-ttl", "6", "--retry-after", "1") as url:
         client = SchedulerClient(url, TOKEN)
         # 1. A failure, then bps restart: only the failed job's quanta run again.
         exclude = "pipetask:\n  t1:\n    pilotExclude: detector IN (3)\n"
