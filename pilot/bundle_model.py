@@ -83,6 +83,18 @@ class ExecutionSpec(_Strict):
         description="Dataset types handed on in memory and never written (nor staged out).",
     )
     fail_fast: bool = pydantic.Field(default=False, description="Stop at the first failed quantum.")
+    quantum_timeout_seconds: float | None = pydantic.Field(
+        default=None,
+        gt=0,
+        description="Wall seconds a quantum may run; over it the quantum fails as pilot.QuantumTimeout "
+        "and its worker is replaced. Null: no limit.",
+    )
+    hang_seconds: float | None = pydantic.Field(
+        default=300.0,
+        gt=0,
+        description="Seconds a worker may make no CPU progress while stopped (SIGSTOP) or stuck in the "
+        "kernel before its quantum fails as pilot.QuantumTimeout. Null: no hang detection.",
+    )
     raise_on_partial_outputs: bool = pydantic.Field(
         default=True, description="Treat a task's partial outputs as a failure of its quantum."
     )

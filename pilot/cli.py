@@ -173,6 +173,18 @@ def _parse_exclusions(exclusions: Sequence[str]) -> dict[str, str]:
     help="Continue an earlier run in the same --workspace (e.g. after a failed stage-out): "
     "quanta its journal shows succeeded are not run again.",
 )
+@click.option(
+    "--quantum-timeout",
+    type=click.FloatRange(0, min_open=True),
+    default=None,
+    help="Wall seconds a quantum may run before it fails as pilot.QuantumTimeout (default: the bundle's).",
+)
+@click.option(
+    "--hang-seconds",
+    type=click.FloatRange(0, min_open=True),
+    default=None,
+    help="Seconds a stopped or stuck worker may make no CPU progress (default: the bundle's, 300).",
+)
 def run(
     bundle_files: tuple[str, ...],
     workspace: Path | None,
@@ -180,6 +192,8 @@ def run(
     memory_per_worker: str | None,
     grace: float,
     resume: bool,
+    quantum_timeout: float | None,
+    hang_seconds: float | None,
 ) -> None:
     """Execute each BUNDLE locally (no scheduler): stage in, run, stage out, write report.json.
 
@@ -202,6 +216,8 @@ def run(
     # light modules may be imported above this line: `workspace` and `runner` import the
     # stack (~1 s), which would delay the forkserver's own import by as much.
     pool = pool_for(execution, processes, memory_per_worker)
+    limits = {"quantum_timeout_seconds": quantum_timeout, "hang_seconds": hang_seconds}
+    overrides = {name: value for name, value in limits.items() if value is not None}
     worst = 0
     try:
         from .runner import run_bundle
@@ -214,7 +230,9 @@ def run(
                     worst = max(worst, ExitCode.INTERRUPTED)
                     break
                 try:
-                    outcome = run_bundle(path, area, pool=pool, stop=stop, resume=resume, site=slot.site)
+                    outcome = run_bundle(
+                        path, area, pool=pool, stop=stop, resume=resume, site=slot.site, overrides=overrides
+                    )
                 except PilotError as err:
                     click.echo(error_line(_naming(path, str(err))), err=True)
                     worst = max(worst, err.exit_code)

@@ -78,6 +78,10 @@ class Progress(_Message):
     quanta_running: int = pydantic.Field(
         default=0, ge=0, description="Quanta started (handed to a worker) and not finished."
     )
+    timed_out: list[str] = pydantic.Field(
+        default_factory=list,
+        description="Quanta failed by their time limit or as hung: '<task> <data ID>: <why>'.",
+    )
 
 
 class Heartbeat(Progress):

@@ -12,7 +12,7 @@ import dataclasses
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -67,6 +67,7 @@ def run_bundle(
     resume: bool = False,
     site: str | None = None,
     on_quantum: Callable[[QuantumResult], None] | None = None,
+    overrides: Mapping[str, Any] | None = None,
 ) -> RunOutcome:
     """Validate, stage in, execute, stage out and report one bundle.
 
@@ -76,7 +77,8 @@ def run_bundle(
     the workspace's journal shows succeeded are not run again; ``resume`` demands
     such a journal (resuming after a failed stage-out, say).  ``stop`` ends the run
     early, with its grace period for running quanta.  ``on_quantum`` sees each
-    quantum's result as it finishes (progress for heartbeats).
+    quantum's result as it finishes (progress for heartbeats).  ``overrides`` replace
+    fields of the bundle's ``execution`` (the command line wins over the bundle).
 
     Raises
     ------
@@ -87,7 +89,7 @@ def run_bundle(
     """
     clock = _Clock()
     stop = stop if stop is not None else StopRequest()
-    job = _prepare(bundle_path, area, resume)
+    job = _prepare(bundle_path, area, resume, overrides or {})
     clock.mark("load")
     inputs = _stage_in(job)
     clock.mark("stage_in")
@@ -132,10 +134,12 @@ class _Job:
     retry: RetryPolicy
 
 
-def _prepare(bundle_path: str | Path, area: Path | None, resume: bool) -> _Job:
+def _prepare(bundle_path: str | Path, area: Path | None, resume: bool, overrides: Mapping[str, Any]) -> _Job:
     """Load and check the bundle and its graph; set up the workspace and the DBB token."""
     bundle_uri = ResourcePath(str(bundle_path), forceAbsolute=True)
     bundle = load_bundle(bundle_uri)
+    if overrides:
+        bundle = bundle.model_copy(update={"execution": bundle.execution.model_copy(update=overrides)})
     qgraph_uri = bundle.qgraph_uri(bundle_uri)
     qg = load_bundle_graph(qgraph_uri, bundle.quantum_ids)
     _check_consistency(bundle, qg)
@@ -244,6 +248,8 @@ def _execute(
         transient=tuple(execution.transient_dataset_types),
         fresh_workspace=job.workspace.fresh,
         hash_outputs=job.bundle.staging.verify_checksums,
+        quantum_timeout=execution.quantum_timeout_seconds,
+        hang_seconds=execution.hang_seconds,
     )
     return execute_bundle(
         job.qg,

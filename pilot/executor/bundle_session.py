@@ -47,6 +47,10 @@ class SessionSpec:
     fresh_workspace: bool = False
     hash_outputs: bool = True
     """Hash each file the quanta write (blake2b, for provenance); ``staging.verify_checksums``."""
+    quantum_timeout: float | None = None
+    """Wall seconds a quantum may run (``execution.quantum_timeout_seconds``)."""
+    hang_seconds: float | None = None
+    """Seconds a stopped or stuck worker may make no CPU progress (``execution.hang_seconds``)."""
 
 
 def in_bundle_consumers(

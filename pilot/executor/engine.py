@@ -29,11 +29,13 @@ from ..report import QuantumResult
 from .bundle_session import SessionSpec
 from .chaining_butler import IoCounts
 from .dispatch import DepthFirstDispatcher, sticky_groups
+from .watchdog import TIMEOUT
 from .worker import CloseBundle, Closed, OpenBundle, Opened, Pool, QuantumDone, RunQuantum, Worker, WorkerDied
 
 _LOG = logging.getLogger(__name__)
 
 POLL_SECONDS = 0.05
+_DEATH_TYPES = {"died": "pilot.WorkerDied", "memory": "pilot.MemoryLimitExceeded", "timeout": TIMEOUT}
 
 
 @dataclasses.dataclass
@@ -273,7 +275,10 @@ class _BundleExecution[W: Worker]:
             evict = tuple(self.pending_evictions.pop(worker.index, ()))
             worker.busy = (self.spec.key, quantum_id)
             self.ledger.results[quantum_id].worker = worker.index
-            if not self.pool.send(worker, RunQuantum(self.spec.key, quantum_id, evict)):
+            run = RunQuantum(
+                self.spec.key, quantum_id, evict, self.spec.quantum_timeout, self.spec.hang_seconds
+            )
+            if not self.pool.send(worker, run):
                 _LOG.warning("Worker %d is gone; its death will be handled.", worker.index)
 
     def _handle(self, worker: W, event: object) -> None:
@@ -346,7 +351,7 @@ class _BundleExecution[W: Worker]:
                 result.caveat = died.reason
             else:
                 result.status = "failed"
-                result.exception_type = "pilot.MemoryLimitExceeded" if died.memory else "pilot.WorkerDied"
+                result.exception_type = _DEATH_TYPES[died.kind]
                 result.exception_message = died.reason
                 self.on_finished(result)  # journaled and counted like any failure
             self.ledger.block(self.dispatcher.failed(quantum_id), quantum_id)

@@ -14,7 +14,7 @@ import traceback
 import uuid
 from collections.abc import Sequence
 from multiprocessing.connection import Connection
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 
 from ..log_setup import configure_logging
 from ..report import IoCounts, QuantumResult
@@ -38,6 +38,10 @@ class RunQuantum:
     key: str
     quantum_id: uuid.UUID
     evict: tuple[uuid.UUID, ...] = ()
+    time_limit: float | None = None
+    """Wall seconds the quantum may run (the pool's watchdog enforces it; see `watchdog`)."""
+    hang_seconds: float | None = None
+    """Seconds without CPU progress, stopped or stuck in the kernel, before it counts as hung."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,7 +92,12 @@ class WorkerDied:
     """A worker process ended while the pilot still needed it."""
 
     reason: str
-    memory: bool = False
+    kind: Literal["died", "memory", "timeout"] = "died"
+    """``memory``/``timeout``: the pool killed it for the quantum's memory or time limit."""
+
+    @property
+    def memory(self) -> bool:
+        return self.kind == "memory"
 
 
 class Worker(Protocol):
@@ -146,7 +155,7 @@ class SessionHost:
                     return Opened(spec.key)
                 except Exception as err:
                     return Opened(spec.key, f"{type(err).__name__}: {err}\n{traceback.format_exc()}")
-            case RunQuantum(key, quantum_id, evict):
+            case RunQuantum(key, quantum_id, evict, _, _):
                 session = self.sessions[key]
                 session.butler.evict(evict)
                 result = session.run(quantum_id, worker=self.index)

@@ -24,7 +24,8 @@ from ..bundle_model import ExecutionSpec
 from ..errors import ConfigError
 from ..log_setup import console_level
 from ..slot import available_cores, parse_size
-from .worker import HEAVY_MODULE, Ping, Pong, Shutdown, WorkerDied, worker_main
+from .watchdog import QuantumLimits, QuantumWatch
+from .worker import HEAVY_MODULE, Ping, Pong, QuantumDone, RunQuantum, Shutdown, WorkerDied, worker_main
 
 _LOG = logging.getLogger(__name__)
 
@@ -41,6 +42,8 @@ class WorkerHandle:
     busy: tuple[str, uuid.UUID] | None = None
     opened: set[str] = dataclasses.field(default_factory=set)
     doomed: WorkerDied | None = None
+    watch: QuantumWatch | None = None
+    """The running quantum's limits and progress, from its dispatch to its result."""
 
 
 class WorkerPool:
@@ -103,7 +106,10 @@ class WorkerPool:
         return WorkerHandle(index, process, parent)
 
     def send(self, worker: WorkerHandle, message: object) -> bool:
-        """Send ``message``; return `False` if the worker is gone."""
+        """Send ``message``; return `False` if the worker is gone.  A `RunQuantum` starts its watch."""
+        if isinstance(message, RunQuantum):
+            limits = QuantumLimits(self.memory_limit, message.time_limit, message.hang_seconds)
+            worker.watch = QuantumWatch(limits, started=time.monotonic())
         try:
             worker.conn.send(message)
             return True
@@ -112,7 +118,7 @@ class WorkerPool:
 
     def events(self, timeout: float) -> list[tuple[WorkerHandle, object]]:
         """Wait up to ``timeout`` s; return ``(worker, message or WorkerDied)`` pairs."""
-        self._watch_memory()
+        self._watch()
         by_waitable: dict[Any, WorkerHandle] = {}
         for worker in self.workers:
             by_waitable[worker.conn] = worker
@@ -128,7 +134,10 @@ class WorkerPool:
             broken = False
             try:
                 while worker.conn.poll():
-                    out.append((worker, worker.conn.recv()))
+                    message = worker.conn.recv()
+                    if isinstance(message, QuantumDone):
+                        worker.watch = None
+                    out.append((worker, message))
             except (EOFError, OSError):
                 broken = True
             if broken or not worker.process.is_alive():
@@ -136,26 +145,22 @@ class WorkerPool:
                 out.append((worker, worker.doomed or WorkerDied(_death_reason(worker.process.exitcode))))
         return out
 
-    def _watch_memory(self) -> None:
-        if self.memory_limit is None:
-            return
+    def _watch(self) -> None:
+        """Kill the workers whose quantum is over a limit (`pilot.executor.watchdog`)."""
+        now = time.monotonic()
         for worker in self.workers:
-            if worker.busy is None or worker.doomed is not None:
+            watch = worker.watch
+            if watch is None or worker.busy is None or worker.doomed is not None or not watch.due(now):
                 continue
             try:
-                process = psutil.Process(worker.process.pid)
-                rss = process.memory_info().rss + sum(
-                    child.memory_info().rss for child in process.children(recursive=True)
-                )
+                verdict = watch.look(psutil.Process(worker.process.pid), now)
             except psutil.Error:
-                continue
-            if rss > self.memory_limit:
+                continue  # it is exiting: its death is handled as such
+            if verdict is not None:
                 worker.doomed = WorkerDied(
-                    f"memory: worker RSS {rss / MiB:.0f} MiB exceeded --memory-per-worker "
-                    f"{self.memory_limit / MiB:.0f} MiB; the worker was killed",
-                    memory=True,
+                    verdict.reason, "memory" if verdict.kind == "memory" else "timeout"
                 )
-                _LOG.warning("Worker %d: %s", worker.index, worker.doomed.reason)
+                _LOG.warning("Worker %d: %s", worker.index, verdict.reason)
                 worker.process.kill()
 
     @property

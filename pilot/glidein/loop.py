@@ -27,6 +27,7 @@ from lsst.resources import ResourcePath
 
 from ..bundle_model import Bundle, ExecutionSpec, write_bundle
 from ..errors import BundleError, PilotError
+from ..executor.watchdog import TIMEOUT
 from ..executor.worker_pool import WorkerPool
 from ..exit_codes import ExitCode
 from ..interruption import StopRequest
@@ -89,6 +90,7 @@ class _Progress:
         self._running = running
         self.done: list[uuid.UUID] = []
         self.failed = 0
+        self.timed_out: list[str] = []
 
     def add(self, result: QuantumResult) -> None:
         with self._lock:
@@ -96,6 +98,8 @@ class _Progress:
                 self.done.append(result.quantum_id)
             else:
                 self.failed += 1
+                if result.exception_type == TIMEOUT:
+                    self.timed_out.append(f"{result.task_label} {result.data_id}: {result.exception_message}")
 
     def heartbeat(self) -> Heartbeat:
         with self._lock:
@@ -103,6 +107,7 @@ class _Progress:
                 quanta_done=len(self.done),
                 quanta_failed=self.failed,
                 quanta_running=self._running(),
+                timed_out=list(self.timed_out),
                 finished_quantum_ids=list(self.done),
             )
 
