@@ -89,6 +89,23 @@ class ExecutionSpec(_Strict):
         description="Wall seconds a quantum may run; over it the quantum fails as pilot.QuantumTimeout "
         "and its worker is replaced. Null: no limit.",
     )
+    retries: int = pydantic.Field(
+        default=1,
+        ge=0,
+        description="Times a failed quantum is run again inside the job when its failure may pass: a dead "
+        "or hung worker, the memory limit (with a bigger budget), a transient task exception.",
+    )
+    memory_multiplier: float = pydantic.Field(
+        default=2.0,
+        ge=1,
+        description="A retry after a memory failure gets the worker budget times this per failed attempt "
+        "(at most the whole pool's), and fewer workers run meanwhile.",
+    )
+    retry_exceptions: list[str] = pydantic.Field(
+        default_factory=list,
+        description="Task exception types (qualified names) retried like "
+        "lsst.pipe.base.RepeatableQuantumError, which always is.",
+    )
     hang_seconds: float | None = pydantic.Field(
         default=300.0,
         gt=0,

@@ -32,7 +32,7 @@ from pathlib import Path
 
 from lsst.pipe.base.quantum_graph import PredictedQuantumGraph
 
-from .report import QuantumResult
+from .report import QuantumAttempt, QuantumResult, attempt_of
 
 _LOG = logging.getLogger(__name__)
 
@@ -55,9 +55,12 @@ class Journal:
         """Whether an earlier run left a journal here."""
         return self.path.exists()
 
-    def record(self, result: QuantumResult) -> None:
-        """Append ``result`` and flush it to the OS; fsync if the last fsync is `sync_interval` s old."""
-        line = json.dumps({"event": "finished", "result": result.model_dump(mode="json")}) + "\n"
+    def record(self, result: QuantumResult, event: str = "finished") -> None:
+        """Append ``result`` and flush it to the OS; fsync if the last fsync is `sync_interval` s old.
+
+        ``event`` is ``finished``, or ``attempt`` for a failed attempt the pilot runs again.
+        """
+        line = json.dumps({"event": event, "result": result.model_dump(mode="json")}) + "\n"
         with self._lock, open(self.path, "a+b") as stream:
             # After a torn last line (a pilot killed mid-write) start a fresh line, or this
             # record would be glued to the fragment and ignored with it.
@@ -72,22 +75,38 @@ class Journal:
                 os.fsync(stream.fileno())  # syncs the lines appended since the last one too
                 self._synced_at = now
 
-    def succeeded(self) -> dict[uuid.UUID, QuantumResult]:
-        """The latest result of every quantum whose latest journaled outcome is success."""
-        latest: dict[uuid.UUID, QuantumResult] = {}
+    def record_attempt(self, result: QuantumResult) -> None:
+        """Append a failed attempt that the pilot runs again (counted on ``--resume``)."""
+        self.record(result, "attempt")
+
+    def _entries(self) -> list[tuple[str, QuantumResult]]:
         try:
             lines = self.path.read_text(encoding="utf-8").splitlines()
         except FileNotFoundError:
-            return {}
+            return []
+        entries = []
         for number, line in enumerate(lines, start=1):
             try:
                 entry = json.loads(line)
-                result = QuantumResult.model_validate(entry["result"])
+                entries.append(
+                    (str(entry.get("event", "finished")), QuantumResult.model_validate(entry["result"]))
+                )
             except (ValueError, KeyError) as err:
                 _LOG.warning("Ignoring unreadable line %d of %s: %s", number, self.path, err)
-                continue
-            latest[result.quantum_id] = result
+        return entries
+
+    def succeeded(self) -> dict[uuid.UUID, QuantumResult]:
+        """The latest result of every quantum whose latest journaled outcome is success."""
+        latest = {result.quantum_id: result for _, result in self._entries()}
         return {q: r for q, r in latest.items() if r.status == "succeeded"}
+
+    def attempts(self) -> dict[uuid.UUID, list[QuantumAttempt]]:
+        """Failed attempts journaled per quantum, retried ones and final failures alike (for retries)."""
+        out: dict[uuid.UUID, list[QuantumAttempt]] = {}
+        for _, result in self._entries():
+            if result.status == "failed":
+                out.setdefault(result.quantum_id, []).append(attempt_of(result))
+        return out
 
 
 def quanta_to_skip(

@@ -36,6 +36,34 @@ class IoCounts:
 SOFTWARE = ("quanta-pilot", "lsst-daf-butler", "lsst-pipe-base", "lsst-ctrl-mpexec", "lsst-resources")
 
 
+class QuantumAttempt(pydantic.BaseModel):
+    """A failed attempt of a quantum that the pilot then ran again (``pilot.executor.quantum_retry``)."""
+
+    exception_type: str | None = None
+    exception_message: str | None = None
+    worker: int | None = None
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
+    wall_seconds: float = 0.0
+    max_rss_bytes: int = 0
+    memory_factor: float = 1.0
+    """Its worker's memory budget, as a multiple of ``--memory-per-worker``."""
+
+
+def attempt_of(result: QuantumResult, memory_factor: float = 1.0) -> QuantumAttempt:
+    """The failed ``result`` as an earlier attempt of its quantum."""
+    return QuantumAttempt(
+        exception_type=result.exception_type,
+        exception_message=result.exception_message,
+        worker=result.worker,
+        started_at=result.started_at,
+        ended_at=result.ended_at,
+        wall_seconds=result.wall_seconds,
+        max_rss_bytes=result.max_rss_bytes,
+        memory_factor=memory_factor,
+    )
+
+
 class QuantumResult(pydantic.BaseModel):
     """What happened to one quantum."""
 
@@ -56,6 +84,10 @@ class QuantumResult(pydantic.BaseModel):
     resumed: bool = False
     """Finished in an earlier run of this bundle in the same workspace (from its journal)."""
     output_dataset_ids: list[uuid.UUID] = pydantic.Field(default_factory=list)
+    exit_code: int | None = None
+    """For a task's exception: the exit code pipetask gives it (its class's ``EXIT_CODE``, else 1)."""
+    attempts: list[QuantumAttempt] = pydantic.Field(default_factory=list)
+    """Earlier attempts of this quantum in this job, each failed (the last one is this result)."""
 
 
 class TransferStats(pydantic.BaseModel):

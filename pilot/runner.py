@@ -27,6 +27,7 @@ from .errors import BundleError, ConfigError, PilotError, PluginNotFound
 from .executor.bundle_session import SessionSpec
 from .executor.engine import ExecutionOutcome, consumers_of, execute_bundle, execution_order
 from .executor.in_process import InProcessPool
+from .executor.quantum_retry import RetryBook, RetrySettings
 from .executor.worker import Pool
 from .exit_codes import ExitCode
 from .interruption import StopRequest
@@ -261,6 +262,17 @@ def _execute(
         stop=stop,
         on_finished=_both(job.journal.record, on_quantum),
         on_outputs=None if stage is None else (lambda result, outputs: stage.add(result, outputs.records)),
+        retries=RetryBook(
+            RetrySettings(
+                retries=execution.retries,
+                memory_multiplier=execution.memory_multiplier,
+                transient_exceptions=frozenset(execution.retry_exceptions),
+                unless_exit=frozenset(job.bundle.retries.retry_unless_exit),
+                pool_size=pool.size,
+            ),
+            prior=job.journal.attempts(),
+        ),
+        on_attempt=job.journal.record_attempt,
     )
 
 

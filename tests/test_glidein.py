@@ -335,3 +335,29 @@ def test_status_shows_the_running_bundles_progress(tmp_path: Path) -> None:
         assert code == ExitCode.SUCCESS, stderr
         (after,) = _status(url).pilots
         assert after.bundle_id is None and after.progress is None
+
+
+def test_heartbeats_report_a_hung_quantum(tmp_path: Path) -> None:
+    """A worker SIGSTOPped in a claimed bundle: the pilot kills it, the scheduler hears of it."""
+    chain = (
+        TaskSpec("t0", "raw", "mid", fail_condition="detector = 0", fail_signal=signal.SIGSTOP),
+        TaskSpec("t1", "mid", "final", sleep=2.0),
+    )
+    camp = _campaign(tmp_path, chain, n=4, max_quanta=8)
+    (path,) = camp.bundle_files()
+    document = json.loads(path.read_text())
+    document["execution"]["hang_seconds"] = 1.5  # the bundle's setting, as pilot start takes it
+    path.write_text(json.dumps(document))
+    with serve(camp.bundles_dir, camp.repo, "--lease-ttl", "3") as url:
+        proc = _start(url, tmp_path / "p", "--idle-timeout", "2")
+
+        def hung() -> list[str]:
+            pilots = _status(url).pilots
+            return pilots[0].progress.timed_out if pilots and pilots[0].progress else []
+
+        (reported,) = wait_for(hung, "a heartbeat naming the hung quantum")
+        assert reported.startswith("t0 {'instrument': 'DemoCam', 'detector': 0}: hung: no CPU progress")
+        code, _, stderr = _finish(proc)
+    assert code == ExitCode.SUCCESS, stderr  # the bundle was reported (partial); the pilot went idle
+    report = read_report(tmp_path / "p", path.stem)
+    assert report["counts"] == {"succeeded": 6, "failed": 1, "blocked": 1, "not_run": 0}

@@ -88,11 +88,11 @@ class PayloadTask(PipelineTask):
             raise RuntimeError(f"failing as {path} says ({left - 1} more failures to come)")
 
     def run(self, input: np.ndarray) -> Struct:
-        if self.config.sleep > 0:
-            time.sleep(self.config.sleep)
         held = None
         if self.config.allocate_bytes > 0:
             held = np.ones(self.config.allocate_bytes, dtype=np.uint8)  # np.ones touches every page
+        if self.config.sleep > 0:
+            time.sleep(self.config.sleep)  # with the memory held, as a real task holds its images
         n = max(1, self.config.payload_bytes // 8)
         seed = float(input.flat[0]) if input.size else 0.0
         output = np.full(n, seed + 1.0, dtype=np.float64)

@@ -118,6 +118,13 @@ class BundleSession:
             status="not_run",
         )
 
+    def forget_outputs(self, quantum_id: uuid.UUID) -> None:
+        """Remove what an earlier, failed attempt of the quantum wrote (before it runs again)."""
+        refs = [ref for refs in self.quanta[quantum_id].outputs.values() for ref in refs]
+        stored = [ref for ref, exists in self.butler.stored_many(refs).items() if exists]
+        if stored:
+            self.butler.pruneDatasets(stored, disassociate=True, unstore=True, purge=True)
+
     def run(self, quantum_id: uuid.UUID, worker: int | None = None) -> QuantumResult:
         """Run one quantum; a task exception becomes a ``failed`` result, never an exception.
 
@@ -140,6 +147,7 @@ class BundleSession:
             result.status = "failed"
             result.exception_type = f"{type(err).__module__}.{type(err).__qualname__}"
             result.exception_message = str(err)
+            result.exit_code = int(getattr(err, "EXIT_CODE", 1))
         else:
             result.status = "succeeded"
             if outcome.no_work:

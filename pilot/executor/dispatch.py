@@ -9,7 +9,8 @@ Preference, for an idle worker ``w``:
    on (a new chain);
 4. anything ready and not pinned elsewhere (work stealing: inputs read from disk).
 
-A failed quantum blocks its descendants; they never become ready.
+A failed quantum blocks its descendants; they never become ready.  A quantum the engine
+retries (`quantum_retry`) becomes ready again, its descendants still waiting for it.
 """
 
 from __future__ import annotations
@@ -104,6 +105,15 @@ class DepthFirstDispatcher:
         if group is not None:
             self._group_worker.setdefault(group, worker)
         return quantum_id
+
+    def take(self, quantum_id: uuid.UUID, worker: int) -> None:
+        """Hand a specific quantum to ``worker`` (a retry the engine places itself)."""
+        self._take(quantum_id, worker)
+
+    def retry(self, quantum_id: uuid.UUID) -> None:
+        """Make a quantum that failed an attempt ready again; its descendants keep waiting."""
+        self._ran_on.pop(quantum_id, None)
+        self._make_ready(quantum_id)
 
     def succeeded(self, quantum_id: uuid.UUID) -> None:
         """Record success: children whose parents all succeeded become ready."""

@@ -29,13 +29,19 @@ from ..report import QuantumResult
 from .bundle_session import SessionSpec
 from .chaining_butler import IoCounts
 from .dispatch import DepthFirstDispatcher, sticky_groups
+from .quantum_retry import RetryBook, RetrySettings
 from .watchdog import TIMEOUT
 from .worker import CloseBundle, Closed, OpenBundle, Opened, Pool, QuantumDone, RunQuantum, Worker, WorkerDied
 
 _LOG = logging.getLogger(__name__)
 
 POLL_SECONDS = 0.05
-_DEATH_TYPES = {"died": "pilot.WorkerDied", "memory": "pilot.MemoryLimitExceeded", "timeout": TIMEOUT}
+_DEATH_TYPES = {
+    "died": "pilot.WorkerDied",
+    "memory": "pilot.MemoryLimitExceeded",
+    "timeout": TIMEOUT,
+    "hang": TIMEOUT,
+}
 
 
 @dataclasses.dataclass
@@ -91,15 +97,18 @@ class _Ledger:
 
     def __init__(self, qg: PredictedQuantumGraph, order: list[uuid.UUID]) -> None:
         self.order = order
-        self.results: dict[uuid.UUID, QuantumResult] = {}
-        for quantum_id in order:
-            node = qg.quantum_only_xgraph.nodes[quantum_id]
-            self.results[quantum_id] = QuantumResult(
-                quantum_id=quantum_id,
-                task_label=node["task_label"],
-                data_id=dict(node["data_id"].required),
-                status="not_run",
-            )
+        self.xgraph = qg.quantum_only_xgraph
+        self.results: dict[uuid.UUID, QuantumResult] = {q: self.blank(q) for q in order}
+
+    def blank(self, quantum_id: uuid.UUID) -> QuantumResult:
+        """A ``not_run`` result naming the quantum."""
+        node = self.xgraph.nodes[quantum_id]
+        return QuantumResult(
+            quantum_id=quantum_id,
+            task_label=node["task_label"],
+            data_id=dict(node["data_id"].required),
+            status="not_run",
+        )
 
     def block(self, quantum_ids: Iterable[uuid.UUID], cause: uuid.UUID, reason: str | None = None) -> None:
         for quantum_id in quantum_ids:
@@ -135,6 +144,8 @@ def execute_bundle(
     stop: StopRequest | None = None,
     on_finished: Callable[[QuantumResult], None] | None = None,
     on_outputs: Callable[[QuantumResult, QuantumOutputs], None] | None = None,
+    retries: RetryBook | None = None,
+    on_attempt: Callable[[QuantumResult], None] | None = None,
 ) -> ExecutionOutcome:
     """Run ``order`` on ``pool`` and return one result per quantum, in that order.
 
@@ -146,6 +157,9 @@ def execute_bundle(
     with the given reason, with their descendants.  A ``stop`` request ends
     dispatching: running quanta get the stop's grace period and are then cut short;
     they and the undispatched quanta are ``not_run``.
+
+    ``retries`` runs failed quanta again inside the job (`quantum_retry`); each failed
+    attempt that is retried goes to ``on_attempt`` (the journal), not ``on_finished``.
     """
     return _BundleExecution(
         qg,
@@ -157,6 +171,8 @@ def execute_bundle(
         stop if stop is not None else StopRequest(),
         on_finished or (lambda result: None),
         on_outputs or (lambda result, outputs: None),
+        retries or RetryBook(RetrySettings(retries=0)),
+        on_attempt or (lambda result: None),
     ).run()
 
 
@@ -174,8 +190,12 @@ class _BundleExecution[W: Worker]:
         stop: StopRequest,
         on_finished: Callable[[QuantumResult], None],
         on_outputs: Callable[[QuantumResult, QuantumOutputs], None],
+        retries: RetryBook,
+        on_attempt: Callable[[QuantumResult], None],
     ) -> None:
         self.qg = qg
+        self.retries = retries
+        self.on_attempt = on_attempt
         self.on_finished = on_finished
         self.on_outputs = on_outputs
         self.spec = spec
@@ -235,11 +255,12 @@ class _BundleExecution[W: Worker]:
             self._dispatch()
             busy = [w for w in self.pool.workers if w.busy is not None]
             opening = [w for w in self.pool.workers if w.index not in self.opened]
-            if not busy and (not self.dispatcher.has_ready() or self.stop_reason is not None) and not opening:
+            ready = self.dispatcher.has_ready() or bool(self.retries.waiting)
+            if not busy and (not ready or self.stop_reason is not None) and not opening:
                 break
             for worker, event in self.pool.events(POLL_SECONDS):
                 self._handle(worker, event)
-        never = self.dispatcher.drain()
+        never = self.dispatcher.drain() + [q for q, _ in self.retries.waiting]
         self.ledger.mark_not_run(never, self.stop_reason or "not run")
         self._close_bundle()
         records = DatastoreRecordData.merge_mappings(*self.records) if self.records else {}
@@ -268,18 +289,41 @@ class _BundleExecution[W: Worker]:
             return
         idle = [w for w in self.pool.workers if w.busy is None and w.index in self.opened]
         idle.sort(key=lambda w: -self.recent.index(w.index) if w.index in self.recent else 1)
+        if self.retries.waiting:
+            self._dispatch_memory_retry(idle)
+            return  # the others wait until it has the workers' worth of memory it needs
+        busy = sum(1 for w in self.pool.workers if w.busy is not None)
         for worker in idle:
+            if busy >= self.retries.capacity(self.pool.size):
+                break
             quantum_id = self.dispatcher.next_for(worker.index)
-            if quantum_id is None:
-                continue
-            evict = tuple(self.pending_evictions.pop(worker.index, ()))
-            worker.busy = (self.spec.key, quantum_id)
-            self.ledger.results[quantum_id].worker = worker.index
-            run = RunQuantum(
-                self.spec.key, quantum_id, evict, self.spec.quantum_timeout, self.spec.hang_seconds
-            )
-            if not self.pool.send(worker, run):
-                _LOG.warning("Worker %d is gone; its death will be handled.", worker.index)
+            if quantum_id is not None:
+                self._send_quantum(worker, quantum_id)
+                busy += 1
+
+    def _dispatch_memory_retry(self, idle: list[W]) -> None:
+        """Rule 3 of `quantum_retry`: a retry with k budgets runs once k workers' worth is free."""
+        quantum_id, retry = self.retries.waiting[0]
+        busy = sum(1 for w in self.pool.workers if w.busy is not None)
+        if not idle or busy + retry.workers > self.retries.capacity(self.pool.size):
+            return
+        self.retries.waiting.pop(0)
+        worker = idle[0]
+        self.dispatcher.take(quantum_id, worker.index)
+        self.retries.held[worker.index] = retry.workers - 1
+        self._send_quantum(worker, quantum_id, retry.memory_factor)
+
+    def _send_quantum(self, worker: W, quantum_id: uuid.UUID, memory_factor: float = 1.0) -> None:
+        evict = tuple(self.pending_evictions.pop(worker.index, ()))
+        worker.busy = (self.spec.key, quantum_id)
+        self.ledger.results[quantum_id].worker = worker.index
+        spec = self.spec
+        tries = self.retries.tries(quantum_id)
+        run = RunQuantum(
+            spec.key, quantum_id, evict, spec.quantum_timeout, spec.hang_seconds, memory_factor, tries
+        )
+        if not self.pool.send(worker, run):
+            _LOG.warning("Worker %d is gone; its death will be handled.", worker.index)
 
     def _handle(self, worker: W, event: object) -> None:
         match event:
@@ -291,9 +335,12 @@ class _BundleExecution[W: Worker]:
                 self.opened.add(worker.index)
             case QuantumDone(key, result, held, records, checksums) if key == self.spec.key:
                 worker.busy = None
+                self.retries.held.pop(worker.index, None)
                 self._remember_recent(worker.index)
                 for dataset_id in held:
                     self.holder.setdefault(dataset_id, worker.index)
+                if result.status == "failed" and self._retried(result, "task"):
+                    return  # what the failed attempt wrote (its log) the next attempt writes again
                 outputs = QuantumOutputs(
                     {name: DatastoreRecordData.from_simple(data) for name, data in records.items()}, checksums
                 )
@@ -313,6 +360,7 @@ class _BundleExecution[W: Worker]:
 
     def _finish(self, result: QuantumResult) -> None:
         quantum_id = result.quantum_id
+        result.attempts = self.retries.attempts(quantum_id)
         self.ledger.results[quantum_id] = result
         self.on_finished(result)
         if result.status == "succeeded":
@@ -332,36 +380,66 @@ class _BundleExecution[W: Worker]:
             if self.remaining_consumers[dataset_id] <= 0 and dataset_id in self.holder:
                 self.pending_evictions.setdefault(self.holder.pop(dataset_id), set()).add(dataset_id)
 
+    def _retried(self, failure: QuantumResult, kind: str) -> bool:
+        """Whether the failed attempt runs again (`quantum_retry`); if so, it is journaled as an attempt."""
+        quantum_id = failure.quantum_id
+        if self.stop_reason is not None or (kind != "task" and quantum_id in self.sticky):
+            return False  # stopping; or its transient inputs died with its worker
+        retry = self.retries.consider(failure, kind)
+        if retry is None:
+            return False
+        self.on_attempt(failure)
+        _LOG.warning(
+            "Quantum %s %s failed (%s); running it again (attempt %d of %d%s).",
+            failure.task_label,
+            failure.data_id,
+            failure.exception_type,
+            self.retries.tries(quantum_id),
+            self.retries.settings.retries + 1,
+            f", {retry.memory_factor:g}x memory" if retry.memory_factor > 1 else "",
+        )
+        self.ledger.results[quantum_id] = self.ledger.blank(quantum_id)
+        if retry.memory_factor == 1:
+            self.dispatcher.retry(quantum_id)
+        return True
+
     def _worker_died(self, worker: W, died: WorkerDied) -> None:
         _LOG.warning("Worker %d died: %s", worker.index, died.reason)
         self._check_stop()  # a stop that came during `events` (in-process) is this death's cause
         running = worker.busy
         worker.busy = None
+        self.retries.held.pop(worker.index, None)
         self.opened.discard(worker.index)
         self.pending_evictions.pop(worker.index, None)
         lost = {d for d, w in self.holder.items() if w == worker.index}
         for dataset_id in lost:
             del self.holder[dataset_id]
         if running is not None:
-            quantum_id = running[1]
-            result = self.ledger.results[quantum_id]
-            interrupted = self.stop_reason is not None and self.stop_reason.startswith("interrupted")
-            if interrupted and not died.memory:
-                result.status = "not_run"
-                result.caveat = died.reason
-            else:
-                result.status = "failed"
-                result.exception_type = _DEATH_TYPES[died.kind]
-                result.exception_message = died.reason
-                self.on_finished(result)  # journaled and counted like any failure
-            self.ledger.block(self.dispatcher.failed(quantum_id), quantum_id)
-            self.dispatcher.block([quantum_id])
+            self._lost_quantum(running[1], died)
         self._block_lost_transients(worker.index, lost)
         fresh = self.pool.replace(worker)
         if self.stop_reason is None or any(w.busy for w in self.pool.workers):
             self._open(fresh)
         else:
             self.opened.add(fresh.index)
+
+    def _lost_quantum(self, quantum_id: uuid.UUID, died: WorkerDied) -> None:
+        """The quantum a dead worker was running: not run (a stop killed it), retried, or failed."""
+        result = self.ledger.results[quantum_id]
+        interrupted = self.stop_reason is not None and self.stop_reason.startswith("interrupted")
+        if interrupted and not died.memory:
+            result.status = "not_run"
+            result.caveat = died.reason
+        else:
+            result.status = "failed"
+            result.exception_type = _DEATH_TYPES[died.kind]
+            result.exception_message = died.reason
+            if self._retried(result, died.kind):
+                return
+            result.attempts = self.retries.attempts(quantum_id)
+            self.on_finished(result)  # journaled and counted like any failure
+        self.ledger.block(self.dispatcher.failed(quantum_id), quantum_id)
+        self.dispatcher.block([quantum_id])
 
     def _block_lost_transients(self, index: int, lost: set[uuid.UUID]) -> None:
         """Quanta waiting for a transient dataset that died with its worker cannot run."""

@@ -45,7 +45,7 @@ class Verdict:
     """Why a worker must be killed."""
 
     reason: str
-    kind: Literal["memory", "timeout"]
+    kind: Literal["memory", "timeout", "hang"]
 
 
 @dataclasses.dataclass
@@ -98,6 +98,6 @@ class QuantumWatch:
             return Verdict(
                 f"hung: no CPU progress for {idle:.0f} s while the worker was {status} "
                 f"(limit {limits.hang_seconds:g} s); the worker was killed",
-                "timeout",
+                "hang",
             )
         return None

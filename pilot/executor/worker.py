@@ -42,6 +42,10 @@ class RunQuantum:
     """Wall seconds the quantum may run (the pool's watchdog enforces it; see `watchdog`)."""
     hang_seconds: float | None = None
     """Seconds without CPU progress, stopped or stuck in the kernel, before it counts as hung."""
+    memory_factor: float = 1.0
+    """This run's memory budget as a multiple of the pool's (a retry after a memory failure)."""
+    attempt: int = 1
+    """Its attempt in this job: a retry first removes what a failed attempt left (its log)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,8 +96,8 @@ class WorkerDied:
     """A worker process ended while the pilot still needed it."""
 
     reason: str
-    kind: Literal["died", "memory", "timeout"] = "died"
-    """``memory``/``timeout``: the pool killed it for the quantum's memory or time limit."""
+    kind: Literal["died", "memory", "timeout", "hang"] = "died"
+    """``memory``/``timeout``/``hang``: the pool killed it for the quantum's memory or time limit."""
 
     @property
     def memory(self) -> bool:
@@ -155,9 +159,11 @@ class SessionHost:
                     return Opened(spec.key)
                 except Exception as err:
                     return Opened(spec.key, f"{type(err).__name__}: {err}\n{traceback.format_exc()}")
-            case RunQuantum(key, quantum_id, evict, _, _):
+            case RunQuantum(key, quantum_id, evict) as run:
                 session = self.sessions[key]
                 session.butler.evict(evict)
+                if run.attempt > 1:
+                    session.forget_outputs(quantum_id)
                 result = session.run(quantum_id, worker=self.index)
                 new = session.butler.take_new_outputs()
                 records = {name: data.to_simple() for name, data in new.records.items()}

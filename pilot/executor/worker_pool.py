@@ -108,7 +108,8 @@ class WorkerPool:
     def send(self, worker: WorkerHandle, message: object) -> bool:
         """Send ``message``; return `False` if the worker is gone.  A `RunQuantum` starts its watch."""
         if isinstance(message, RunQuantum):
-            limits = QuantumLimits(self.memory_limit, message.time_limit, message.hang_seconds)
+            budget = None if self.memory_limit is None else int(self.memory_limit * message.memory_factor)
+            limits = QuantumLimits(budget, message.time_limit, message.hang_seconds)
             worker.watch = QuantumWatch(limits, started=time.monotonic())
         try:
             worker.conn.send(message)
