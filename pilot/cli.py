@@ -231,7 +231,14 @@ def run(
                     break
                 try:
                     outcome = run_bundle(
-                        path, area, pool=pool, stop=stop, resume=resume, site=slot.site, overrides=overrides
+                        path,
+                        area,
+                        pool=pool,
+                        stop=stop,
+                        resume=resume,
+                        site=slot.site,
+                        slot_memory_mb=slot.memory_mb,
+                        overrides=overrides,
                     )
                 except PilotError as err:
                     click.echo(error_line(_naming(path, str(err))), err=True)

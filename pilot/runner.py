@@ -67,7 +67,9 @@ def run_bundle(
     stop: StopRequest | None = None,
     resume: bool = False,
     site: str | None = None,
+    slot_memory_mb: int | None = None,
     on_quantum: Callable[[QuantumResult], None] | None = None,
+    on_retry: Callable[[QuantumResult], None] | None = None,
     overrides: Mapping[str, Any] | None = None,
 ) -> RunOutcome:
     """Validate, stage in, execute, stage out and report one bundle.
@@ -78,7 +80,9 @@ def run_bundle(
     the workspace's journal shows succeeded are not run again; ``resume`` demands
     such a journal (resuming after a failed stage-out, say).  ``stop`` ends the run
     early, with its grace period for running quanta.  ``on_quantum`` sees each
-    quantum's result as it finishes (progress for heartbeats).  ``overrides`` replace
+    quantum's result as it finishes (progress for heartbeats), ``on_retry`` each failed
+    attempt that runs again.  ``slot_memory_mb`` bounds
+    the memory of in-job retries after memory failures.  ``overrides`` replace
     fields of the bundle's ``execution`` (the command line wins over the bundle).
 
     Raises
@@ -101,7 +105,8 @@ def run_bundle(
     clock.mark("pool_wait")
     stage = _open_stage_out(job)
     try:
-        execution = _execute(job, plan, inputs, pool, stop, on_quantum, stage)
+        hooks = _Hooks(on_quantum, on_retry)
+        execution = _execute(job, plan, inputs, pool, stop, hooks, stage, slot_memory_mb)
         clock.mark("execute")
         results, staged, error = _final_results(job, plan, execution, stage)
         processes = 0 if isinstance(pool, InProcessPool) else pool.size
@@ -232,8 +237,9 @@ def _execute(
     inputs: _Inputs,
     pool: Pool[Any],
     stop: StopRequest,
-    on_quantum: Callable[[QuantumResult], None] | None,
+    hooks: _Hooks,
     stage: StageOut | None,
+    slot_memory_mb: int | None,
 ) -> ExecutionOutcome:
     """Run what is left on the pool, journaling and staging each quantum as it finishes."""
     if not plan.to_run:
@@ -260,7 +266,7 @@ def _execute(
         fail_fast=execution.fail_fast,
         unavailable=consumers_of(job.quanta, inputs.missing_upstream),
         stop=stop,
-        on_finished=_both(job.journal.record, on_quantum),
+        on_finished=_both(job.journal.record, hooks.on_quantum),
         on_outputs=None if stage is None else (lambda result, outputs: stage.add(result, outputs.records)),
         retries=RetryBook(
             RetrySettings(
@@ -269,11 +275,28 @@ def _execute(
                 transient_exceptions=frozenset(execution.retry_exceptions),
                 unless_exit=frozenset(job.bundle.retries.retry_unless_exit),
                 pool_size=pool.size,
+                slot_budgets=_slot_budgets(pool, slot_memory_mb),
             ),
             prior=job.journal.attempts(),
         ),
-        on_attempt=job.journal.record_attempt,
+        on_attempt=_both(job.journal.record_attempt, hooks.on_retry),
     )
+
+
+@dataclasses.dataclass(frozen=True)
+class _Hooks:
+    """The caller's callbacks: each quantum's final result, and each failed attempt retried."""
+
+    on_quantum: Callable[[QuantumResult], None] | None
+    on_retry: Callable[[QuantumResult], None] | None
+
+
+def _slot_budgets(pool: Pool[Any], slot_memory_mb: int | None) -> int:
+    """The slot's memory in worker budgets (for memory retries), at least the pool's workers."""
+    budget = getattr(pool, "memory_limit", None)
+    if not budget or slot_memory_mb is None:
+        return pool.size
+    return max(pool.size, slot_memory_mb * 2**20 // budget)
 
 
 def _open_stage_out(job: _Job) -> StageOut | None:

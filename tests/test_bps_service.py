@@ -252,8 +252,11 @@ def test_exclude_cancel_and_restart(tmp_path: Path) -> None:
         assert status.returncode == 16  # WmsStates.DELETED
         wait_for(lambda: all(p.bundle_id is None for p in client.status().pilots), "the pilot to let go")
         report = _bps(url, token, "report", "--wms-service-class", SERVICE, "--id", w2, cwd=work)
-        assert _table(report.stdout)["chain"][DELETED] == 4, report.stdout
-        outputs = [name for name, _ in registered_datasets(camp.repo, "w2/run", with_ids=False)]
-        assert not {"mid", "final"} & set(outputs)  # only the run's init-outputs (configs, packages)
+        row = _table(report.stdout)["chain"]
+        # A job may have finished before the cancel came (a busy machine): it stays done.
+        assert row[DELETED] + row[SUCCEEDED] == 4 and row[DELETED] >= 3, report.stdout
+        outputs = Counter(name for name, _ in registered_datasets(camp.repo, "w2/run", with_ids=False))
+        # Each job is one detector's t0 → t1: whole for a finished job, nothing of a cancelled one.
+        assert outputs["mid"] == outputs["final"] == row[SUCCEEDED]
         pilot.terminate()  # may come while it still stops the cancelled bundle: it must drain anyway
         assert pilot.wait(timeout=120) == 16, (work / "pilot.err").read_text()[-3000:]

@@ -59,7 +59,9 @@ def test_worker_killed_by_signal_loses_only_its_quantum(tmp_path: Path) -> None:
     assert "SIGKILL" in killed["exception_message"]
     assert by_key["c", 3]["status"] == "blocked" and by_key["c", 3]["blocked_by"] == killed["quantum_id"]
     assert report["counts"] == {"succeeded": 16, "failed": 1, "blocked": 1, "not_run": 0}
-    assert report["workers_replaced"] == 1
+    # A dead worker's quantum is tried once more (execution.retries = 1): it kills its worker again.
+    assert [a["exception_type"] for a in killed["attempts"]] == ["pilot.WorkerDied"]
+    assert report["workers_replaced"] == 2
 
 
 def test_raised_exception_fails_quantum_in_worker(tmp_path: Path) -> None:
@@ -101,7 +103,9 @@ def test_memory_budget_stops_only_the_greedy_quantum(tmp_path: Path) -> None:
         assert greedy["status"] == "failed"
         assert greedy["exception_type"] == "pilot.MemoryLimitExceeded"
         assert greedy["exception_message"].startswith("memory: worker RSS")
-        assert "300 MiB" in greedy["exception_message"]
+        assert "exceeded its budget of 600 MiB" in greedy["exception_message"]  # the retry's, 2 x 300
+        (first,) = greedy["attempts"]
+        assert "exceeded its budget of 300 MiB" in first["exception_message"]
     assert len(doc["quantum_ids"]) == 4
 
 

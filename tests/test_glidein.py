@@ -253,7 +253,8 @@ def test_each_bundle_runs_with_its_execution_settings(tmp_path: Path) -> None:
     assert by_label["isr"]["status"] == "failed"
     assert by_label["isr"]["exception_type"] == "pilot.MemoryLimitExceeded"
     assert by_label["isr"]["exception_message"].startswith("memory: worker RSS")
-    assert "exceeded --memory-per-worker 1 MiB" in by_label["isr"]["exception_message"]
+    assert "exceeded its budget of 2 MiB" in by_label["isr"]["exception_message"]  # its retry's
+    assert "exceeded its budget of 1 MiB" in by_label["isr"]["attempts"][0]["exception_message"]
     assert by_label["calibrate"]["status"] == by_label["measure"]["status"] == "blocked"
 
 
@@ -348,15 +349,16 @@ def test_heartbeats_report_a_hung_quantum(tmp_path: Path) -> None:
     document = json.loads(path.read_text())
     document["execution"]["hang_seconds"] = 1.5  # the bundle's setting, as pilot start takes it
     path.write_text(json.dumps(document))
-    with serve(camp.bundles_dir, camp.repo, "--lease-ttl", "3") as url:
+    with serve(camp.bundles_dir, camp.repo, "--lease-ttl", "3", "--max-attempts", "1") as url:
         proc = _start(url, tmp_path / "p", "--idle-timeout", "2")
 
         def hung() -> list[str]:
             pilots = _status(url).pilots
             return pilots[0].progress.timed_out if pilots and pilots[0].progress else []
 
-        (reported,) = wait_for(hung, "a heartbeat naming the hung quantum")
+        reported = wait_for(hung, "a heartbeat naming the hung quantum")[0]  # its first hang, retried
         assert reported.startswith("t0 {'instrument': 'DemoCam', 'detector': 0}: hung: no CPU progress")
+        assert reported.endswith("(retrying)")
         code, _, stderr = _finish(proc)
     assert code == ExitCode.SUCCESS, stderr  # the bundle was reported (partial); the pilot went idle
     report = read_report(tmp_path / "p", path.stem)

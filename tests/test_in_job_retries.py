@@ -6,12 +6,16 @@ memory budget, and one whose task raises a (configured) transient exception once
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import uuid
 from pathlib import Path
 
 from conftest import payload_campaign, pilot, read_report
 
+from pilot.executor.quantum_retry import Retry, RetryBook, RetrySettings, decide
 from pilot.exit_codes import ExitCode
+from pilot.report import QuantumResult
 
 MiB = 1024 * 1024
 
@@ -83,3 +87,54 @@ def test_a_transient_task_exception_is_retried_only_when_configured(tmp_path: Pa
     retried = _by_key(configured)["t0", 1]
     assert retried["status"] == "succeeded"
     assert [a["exception_type"] for a in retried["attempts"]] == ["builtins.RuntimeError"]
+
+
+def _failure(exception_type: str, exit_code: int | None = None) -> QuantumResult:
+    return QuantumResult(
+        quantum_id=uuid.uuid4(),
+        task_label="t",
+        data_id={},
+        status="failed",
+        exception_type=exception_type,
+        exit_code=exit_code,
+    )
+
+
+def test_the_retry_policy_by_failure_kind() -> None:
+    settings = RetrySettings(
+        retries=2, memory_multiplier=2.0, pool_size=4, slot_budgets=4, unless_exit=frozenset({1})
+    )
+    assert decide(_failure("pilot.WorkerDied"), "died", 1, settings) == Retry()
+    assert decide(_failure("pilot.QuantumTimeout"), "hang", 1, settings) == Retry()
+    assert decide(_failure("pilot.QuantumTimeout"), "timeout", 1, settings) is None  # would time out again
+    assert decide(_failure("pilot.WorkerDied"), "died", 3, settings) is None  # retries used up
+    assert decide(_failure("pilot.MemoryLimitExceeded"), "memory", 1, settings) == Retry(2.0)
+    assert decide(_failure("pilot.MemoryLimitExceeded"), "memory", 2, settings) == Retry(4.0)
+    repeatable = _failure("lsst.pipe.base._status.RepeatableQuantumError", exit_code=20)
+    assert decide(repeatable, "task", 1, settings) == Retry()
+    assert decide(_failure("builtins.ValueError", exit_code=1), "task", 1, settings) is None
+    # A configured transient type whose exit code retry_unless_exit names stays failed.
+    configured = dataclasses.replace(settings, transient_exceptions=frozenset({"builtins.OSError"}))
+    assert decide(_failure("builtins.OSError", exit_code=1), "task", 1, configured) is None
+    assert (
+        decide(
+            _failure("builtins.OSError", exit_code=1),
+            "task",
+            1,
+            dataclasses.replace(configured, unless_exit=frozenset()),
+        )
+        == Retry()
+    )
+
+
+def test_a_memory_retry_keeps_workers_idle_when_the_slot_needs_it() -> None:
+    full = RetryBook(RetrySettings(retries=3, pool_size=4, slot_budgets=4))  # the pool fills the slot
+    roomy = RetryBook(RetrySettings(retries=3, pool_size=4, slot_budgets=16))
+    for book, idle in ((full, [1, 3]), (roomy, [0, 0])):
+        failure = _failure("pilot.MemoryLimitExceeded")
+        first = book.consider(failure, "memory")
+        second = book.consider(failure, "memory")
+        assert first is not None and second is not None
+        assert [book.idle_for(first), book.idle_for(second)] == idle  # 2 budgets, then 4
+        assert [q for q, _ in book.waiting] == [failure.quantum_id] * 2
+        assert len(book.attempts(failure.quantum_id)) == 2 and book.tries(failure.quantum_id) == 3

@@ -14,9 +14,9 @@ BPS job value        bundle
 ``requestMemory``    ``resources.memory_mb``; per worker ``execution.memory_per_worker``
 ``requestDisk``      ``resources.disk_mb``
 ``requestWalltime``  ``resources.seconds`` (BPS gives minutes)
-``numberOfRetries``  ``retries.max_attempts`` = retries + 1
+``numberOfRetries``  ``execution.retries`` (in the job) and ``retries.max_attempts`` = retries + 1
 ``retryUnlessExit``  ``retries.retry_unless_exit``
-``memoryMultiplier`` ``retries.memory_multiplier``
+``memoryMultiplier`` ``execution.memory_multiplier`` and ``retries.memory_multiplier``
 ===================  ===============================================================
 
 The ``pipetaskInit`` job is not a bundle: the run is initialized in the DBB here, as
@@ -182,7 +182,10 @@ def _settings(job: GenericWorkflowJob) -> BundleSettings:
     multiplier = float(job.memory_multiplier) if job.memory_multiplier else None
     return BundleSettings(
         execution=ExecutionSpec(
-            processes=cores, memory_per_worker=f"{memory // cores}MiB" if memory else None
+            processes=cores,
+            memory_per_worker=f"{memory // cores}MiB" if memory else None,
+            retries=1 if job.number_of_retries is None else int(job.number_of_retries),
+            memory_multiplier=multiplier if multiplier and multiplier > 1 else 2.0,
         ),
         resources=ResourceEstimate(
             cores=cores,

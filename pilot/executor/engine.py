@@ -305,12 +305,13 @@ class _BundleExecution[W: Worker]:
         """Rule 3 of `quantum_retry`: a retry with k budgets runs once k workers' worth is free."""
         quantum_id, retry = self.retries.waiting[0]
         busy = sum(1 for w in self.pool.workers if w.busy is not None)
-        if not idle or busy + retry.workers > self.retries.capacity(self.pool.size):
+        held = self.retries.idle_for(retry)
+        if not idle or busy + 1 + held > self.retries.capacity(self.pool.size):
             return
         self.retries.waiting.pop(0)
         worker = idle[0]
         self.dispatcher.take(quantum_id, worker.index)
-        self.retries.held[worker.index] = retry.workers - 1
+        self.retries.held[worker.index] = held
         self._send_quantum(worker, quantum_id, retry.memory_factor)
 
     def _send_quantum(self, worker: W, quantum_id: uuid.UUID, memory_factor: float = 1.0) -> None:

@@ -9,8 +9,10 @@ The policy (no I/O; the engine asks it after every failure):
    limit is not: it would only run out of time again.
 3. A quantum over its memory budget (``pilot.MemoryLimitExceeded``) is tried again with
    its worker's budget times ``execution.memory_multiplier`` for each failed attempt, at
-   most the whole pool's memory (workers × budget).  While it runs with ``k`` budgets,
-   ``k − 1`` other workers stay idle, so the pilot never uses more than its slot has.
+   most what the slot has (its memory over the budget, in budgets; at least the pool's
+   workers).  While it runs with ``k`` budgets, as many other workers stay idle as the
+   slot needs to hold it (``k − 1`` when the pool already fills the slot), so the pilot
+   never uses more memory than its slot has.
 4. A task's own exception is tried again only if it is transient: pipe_base's
    ``RepeatableQuantumError`` or a type named in ``execution.retry_exceptions``.
 5. Never when the failure's pipetask exit code (the exception class's ``EXIT_CODE``, else
@@ -41,6 +43,8 @@ class RetrySettings:
     transient_exceptions: frozenset[str] = frozenset()
     unless_exit: frozenset[int] = frozenset()
     pool_size: int = 1
+    slot_budgets: int = 1
+    """The slot's memory in worker budgets (at least ``pool_size``)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,7 +62,7 @@ class Retry:
 def decide(failure: QuantumResult, kind: str, attempts: int, settings: RetrySettings) -> Retry | None:
     """Rules 1–5 for a quantum that failed its ``attempts``-th time; None: it stays failed.
 
-    ``kind`` is how it failed: ``task`` (its task raised), ``died``, ``memory``, ``hung``
+    ``kind`` is how it failed: ``task`` (its task raised), ``died``, ``memory``, ``hang``
     or ``timeout`` (the pool killed its worker).
     """
     if attempts > settings.retries:
@@ -66,10 +70,12 @@ def decide(failure: QuantumResult, kind: str, attempts: int, settings: RetrySett
     if failure.exit_code is not None and failure.exit_code in settings.unless_exit:
         return None
     match kind:
-        case "died" | "hung":
+        case "died" | "hang":
             return Retry()
         case "memory":
-            factor = min(settings.memory_multiplier**attempts, float(settings.pool_size))
+            factor = min(
+                settings.memory_multiplier**attempts, float(max(settings.slot_budgets, settings.pool_size))
+            )
             return Retry(factor) if factor > 1 else None
         case "task" if _transient(failure.exception_type, settings.transient_exceptions):
             return Retry()
@@ -109,6 +115,11 @@ class RetryBook:
             self._factor[quantum_id] = retry.memory_factor
             self.waiting.append((quantum_id, retry))
         return retry
+
+    def idle_for(self, retry: Retry) -> int:
+        """Workers to keep idle while ``retry`` runs (rule 3)."""
+        spare = max(0, self.settings.slot_budgets - self.settings.pool_size)
+        return max(0, retry.workers - 1 - spare)
 
     def attempts(self, quantum_id: uuid.UUID) -> list[QuantumAttempt]:
         return list(self._attempts.get(quantum_id, ()))

@@ -72,7 +72,7 @@ class QuantumWatch:
             rss = sum(p.memory_info().rss for p in tree)
             if rss > limits.memory_bytes:
                 return Verdict(
-                    f"memory: worker RSS {rss / MiB:.0f} MiB exceeded --memory-per-worker "
+                    f"memory: worker RSS {rss / MiB:.0f} MiB exceeded its budget of "
                     f"{limits.memory_bytes / MiB:.0f} MiB; the worker was killed",
                     "memory",
                 )

@@ -158,9 +158,7 @@ class WorkerPool:
             except psutil.Error:
                 continue  # it is exiting: its death is handled as such
             if verdict is not None:
-                worker.doomed = WorkerDied(
-                    verdict.reason, "memory" if verdict.kind == "memory" else "timeout"
-                )
+                worker.doomed = WorkerDied(verdict.reason, verdict.kind)
                 _LOG.warning("Worker %d: %s", worker.index, verdict.reason)
                 worker.process.kill()
 

@@ -101,6 +101,14 @@ class _Progress:
                 if result.exception_type == TIMEOUT:
                     self.timed_out.append(f"{result.task_label} {result.data_id}: {result.exception_message}")
 
+    def add_retry(self, result: QuantumResult) -> None:
+        """A failed attempt that runs again: only a time-out or hang is worth a heartbeat's word."""
+        if result.exception_type == TIMEOUT:
+            with self._lock:
+                self.timed_out.append(
+                    f"{result.task_label} {result.data_id}: {result.exception_message} (retrying)"
+                )
+
     def heartbeat(self) -> Heartbeat:
         with self._lock:
             return Heartbeat(
@@ -329,7 +337,9 @@ class _Pilot:
                 pool=pool,
                 stop=self.stop,
                 site=self.slot.site,
+                slot_memory_mb=self.slot.memory_mb,
                 on_quantum=progress.add,
+                on_retry=progress.add_retry,
             ).report
         except PilotError as err:
             failure = err
