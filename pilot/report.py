@@ -10,7 +10,7 @@ import sys
 import uuid
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
-from typing import Literal
+from typing import Any, Literal
 
 import pydantic
 
@@ -33,7 +33,36 @@ class IoCounts:
             setattr(self, field.name, getattr(self, field.name) + getattr(other, field.name))
 
 
-SOFTWARE = ("quanta-pilot", "lsst-daf-butler", "lsst-pipe-base", "lsst-ctrl-mpexec", "lsst-resources")
+SOFTWARE = (
+    "quanta-pilot",
+    "lsst-daf-butler",
+    "lsst-pipe-base",
+    "lsst-ctrl-mpexec",
+    "lsst-resources",
+    "astro-metadata-translator",
+)
+
+
+class ObservedInput(pydantic.BaseModel):
+    """One raw-like input of a quantum and the ``ObservationInfo`` of its header, or why there is none."""
+
+    dataset_type: str
+    dataset_id: uuid.UUID
+    info: dict[str, Any] | None = None
+    """The translator's own JSON form (``ObservationInfo.to_json``); ``from_simple`` reads it back."""
+    datetime_begin: str | None = None
+    """``info``'s ``datetime_begin`` (a TAI two-part JD there), as ISO 8601 UTC."""
+    datetime_end: str | None = None
+    note: str | None = None
+    """Why ``info`` is missing: the file has no FITS header, or its header could not be read or translated."""
+
+
+class ObservationRecord(pydantic.BaseModel):
+    """What the quantum's raw-like inputs say about their observation (``pilot/executor/observation.py``)."""
+
+    inputs: list[ObservedInput] = pydantic.Field(default_factory=list)
+    note: str | None = None
+    """Set when there is nothing to read: ``"no raw-like exposure input"``."""
 
 
 class QuantumAttempt(pydantic.BaseModel):
@@ -88,6 +117,9 @@ class QuantumResult(pydantic.BaseModel):
     """For a task's exception: the exit code pipetask gives it (its class's ``EXIT_CODE``, else 1)."""
     attempts: list[QuantumAttempt] = pydantic.Field(default_factory=list)
     """Earlier attempts of this quantum in this job, each failed (the last one is this result)."""
+    observation: ObservationRecord | None = None
+    """Filled in by the worker after the quantum ran; ``None`` if no worker finished the quantum
+    (blocked, not run, or its worker died)."""
 
 
 class TransferStats(pydantic.BaseModel):

@@ -4,15 +4,19 @@ Used by the benchmarks and tests, and usable by a site to check what a slot
 sustains (and, with ``fail_count_file``, what retries do).  Each quantum reads one
 ``NumpyArray`` and writes one, per ``(instrument, detector)``; chain them by naming one
 task's output as the next one's input (``config.connections.inputName`` /
-``config.connections.outputName``).
+``config.connections.outputName``).  `ExposurePayloadTask` does the same per
+``(instrument, exposure, detector)``, and `FitsImageFormatter` reads a camera's raw FITS
+file as its ``NumpyArray`` input (the primary HDU's image; ingest the raw with it).
 """
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+from lsst.daf.butler import FormatterV2
 from lsst.pex.config import Field
 from lsst.pipe.base import (
     InputQuantizedConnection,
@@ -24,6 +28,7 @@ from lsst.pipe.base import (
     Struct,
 )
 from lsst.pipe.base import connectionTypes as cT
+from lsst.resources import ResourcePath
 
 
 class PayloadConnections(
@@ -42,6 +47,25 @@ class PayloadConnections(
         name="{outputName}",
         storageClass="NumpyArray",
         dimensions=("instrument", "detector"),
+    )
+
+
+class ExposurePayloadConnections(
+    PipelineTaskConnections,
+    dimensions=("instrument", "exposure", "detector"),
+    defaultTemplates={"inputName": "raw", "outputName": "payload"},
+):
+    input = cT.Input(
+        doc="Array read from the previous task (or the raw).",
+        name="{inputName}",
+        storageClass="NumpyArray",
+        dimensions=("instrument", "exposure", "detector"),
+    )
+    output = cT.Output(
+        doc="Array of payload_bytes bytes.",
+        name="{outputName}",
+        storageClass="NumpyArray",
+        dimensions=("instrument", "exposure", "detector"),
     )
 
 
@@ -98,3 +122,33 @@ class PayloadTask(PipelineTask):
         output = np.full(n, seed + 1.0, dtype=np.float64)
         del held
         return Struct(output=output)
+
+
+class ExposurePayloadConfig(PayloadConfig, pipelineConnections=ExposurePayloadConnections):
+    pass
+
+
+class ExposurePayloadTask(PayloadTask):
+    """`PayloadTask` with one quantum per ``(instrument, exposure, detector)``, as ISR has."""
+
+    ConfigClass = ExposurePayloadConfig
+    _DefaultName = "exposurePayload"
+
+
+class FitsImageFormatter(FormatterV2):
+    """Reads (and writes) the primary HDU's image of a FITS file as a ``NumpyArray``, with astropy."""
+
+    supported_extensions = frozenset({".fits"})
+    default_extension = ".fits"
+    can_read_from_local_file = True
+
+    def read_from_local_file(self, path: str, component: str | None = None, expected_size: int = -1) -> Any:
+        from astropy.io import fits
+
+        with fits.open(path) as hdus:
+            return np.array(hdus[0].data)
+
+    def write_local_file(self, in_memory_dataset: Any, uri: ResourcePath) -> None:
+        from astropy.io import fits
+
+        fits.PrimaryHDU(in_memory_dataset).writeto(uri.ospath)

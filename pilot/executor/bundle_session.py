@@ -28,6 +28,7 @@ from ..qgraph_io import load_bundle_graph
 from ..report import QuantumResult, now
 from ..workspace import workspace_butler
 from .chaining_butler import ChainingButler
+from .observation import observe
 
 PROFILE_ENV = "PILOT_PROFILE_DIR"
 """If set, each session profiles its quanta (cProfile) and writes the stats there on close."""
@@ -90,6 +91,7 @@ class BundleSession:
             outputs=outputs,
             records=DatastoreRecordData.merge_mappings(*records),
         )
+        self._uri_of = qbb._datastore.getURI
         self.butler = ChainingButler(
             qbb,
             in_bundle_consumers(self.qg, spec.quantum_ids),
@@ -161,6 +163,8 @@ class BundleSession:
             result.cpu_seconds = _cpu_seconds() - cpu0
             result.max_rss_bytes = _peak_rss()
             result.ended_at = now()
+        # After the timed part; reads headers only, and never raises (issue 12).
+        result.observation = observe(self.quanta[quantum_id], self.qg.pipeline_graph, self._uri_of)
         return result
 
     def close(self) -> None:

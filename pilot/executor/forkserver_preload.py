@@ -13,6 +13,8 @@ with the forkserver, ~0.1 s and a private copy of those pages per worker.
 import gc
 import signal
 
+import astro_metadata_translator  # noqa: F401 - workers translate raw headers (executor/observation)
+
 import pilot.executor.bundle_session  # noqa: F401 - the point: import the LSST stack once, before forking
 
 signal.signal(signal.SIGTERM, signal.SIG_IGN)

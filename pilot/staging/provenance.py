@@ -3,7 +3,8 @@
 ``provenance.json`` sits next to the bundle's zip and ``report.json`` in its staging
 attempt.  Per quantum it lists inputs and outputs by dataset type, data ID and
 dataset ID, with the blake2b checksum and size of each file: inputs as fetched
-(or as recorded by the DBB), outputs as written to the workspace and staged.
+(or as recorded by the DBB), outputs as written to the workspace and staged, and the
+``ObservationInfo`` of its raw-like inputs (``pilot/executor/observation.py``).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from lsst.daf.butler import DatasetRef, Quantum
 from lsst.daf.butler.datastore.record_data import DatastoreRecordData
 from lsst.pipe.base.quantum_graph import PredictedQuantumGraph
 
-from ..report import QuantumResult, environment, now
+from ..report import ObservationRecord, QuantumResult, environment, now
 from ..workspace import workspace_butler
 from .input_cache import blake2b_of
 
@@ -46,6 +47,8 @@ class QuantumProvenance(pydantic.BaseModel):
     ended_at: datetime | None
     inputs: list[FileProvenance]
     outputs: list[FileProvenance]
+    observation: ObservationRecord | None = None
+    """The ``ObservationInfo`` of its raw-like inputs, as in ``report.json``."""
 
 
 class Provenance(pydantic.BaseModel):
@@ -128,6 +131,7 @@ def build_provenance(
                 ended_at=result.ended_at,
                 inputs=[describe(ref) for ref in inputs],
                 outputs=[describe(ref) for ref in produced],
+                observation=result.observation,
             )
         )
     return Provenance(
