@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import uuid
+from datetime import datetime
 from pathlib import Path
 
-from conftest import FAILING_CHAIN, make_campaign, pilot, read_report
+from conftest import FAILING_CHAIN, TOKEN, make_campaign, pilot, read_report, serve, wait_for
 from lsst.pipe.base import QuantumAttemptStatus
 from lsst.pipe.base.quantum_graph import ProvenanceQuantumGraph, ProvenanceQuantumGraphReader
 
-from pilot.central.provenance_graph import graph_uri, read_extras
+from pilot.central.provenance_graph import extras_uri, graph_uri, read_extras
+from pilot.glidein.client import SchedulerClient
+from pilot.protocol import Report, Slot
 
 STACK_STATUS = {
     "succeeded": QuantumAttemptStatus.SUCCESSFUL,
@@ -114,9 +118,39 @@ def test_failing_run_provenance_graph_matches_reports(tmp_path: Path) -> None:
     rerun = read_report(tmp_path / "ws2", bundles[1].stem)
     for quantum in rerun["quanta"]:
         (run,) = rebuilt.quanta[uuid.UUID(quantum["quantum_id"])].runs
-        assert run.started_at is not None and run.started_at.isoformat() == quantum["started_at"].replace(
-            "Z", "+00:00"
-        )
+        started = quantum["started_at"] and datetime.fromisoformat(quantum["started_at"])
+        assert (run.status, run.started_at) == (quantum["status"], started)
     graph = _read_graph(graph_path.ospath)
     for quantum in results:
         _check_quantum(graph, quantum)
+
+
+def test_scheduler_ingester_writes_the_provenance_graph(tmp_path: Path) -> None:
+    camp = make_campaign(tmp_path)
+    result = pilot("bundle", camp.qgraph, "--repo", camp.repo, "--out", camp.bundles_dir, "--max-quanta", "6")
+    assert result.returncode == 0, result.stderr
+    extras_path = extras_uri(str(camp.repo), camp.output_run)
+    with serve(camp.bundles_dir, camp.repo) as url:
+        scheduler = SchedulerClient(url, TOKEN, retries=2, backoff=0.1)
+        reports = []
+        while (claim := scheduler.claim("p1", Slot(cores=2, memory_mb=8000, walltime_left_s=3600))).bundle:
+            path = tmp_path / "claimed" / f"{claim.bundle['bundle_id']}.json"
+            path.parent.mkdir(exist_ok=True)
+            path.write_text(json.dumps(claim.bundle))
+            assert pilot("run", path, "--workspace", tmp_path / "ws", "--processes", "0").returncode == 0
+            reports.append(read_report(tmp_path / "ws", path.stem))
+            done = [q["quantum_id"] for q in reports[-1]["quanta"]]
+            scheduler.report(
+                claim.lease.lease_id,
+                Report(status="succeeded", exit_code=0, succeeded_quantum_ids=done, staged=True),
+            )
+        wait_for(extras_path.exists, "the provenance graph")  # written after the last bundle's ingest
+    assert len(reports) == 3
+    graph = _read_graph(graph_uri(str(camp.repo), camp.output_run).ospath)
+    statuses = {graph.quantum_only_xgraph.nodes[q]["status"] for q in graph.quantum_only_xgraph}
+    assert len(graph.quantum_only_xgraph) == 18 and statuses == {QuantumAttemptStatus.SUCCESSFUL}
+    extras = read_extras(str(camp.repo), camp.output_run)
+    assert extras is not None
+    assert {q["quantum_id"]: r["bundle_id"] for r in reports for q in r["quanta"]} == {
+        str(qid): item.runs[-1].bundle_id for qid, item in extras.quanta.items()
+    }
