@@ -590,6 +590,10 @@ def demo(
     for item in result.ingested:
         click.echo(item.describe())
     click.echo(f"{result.datasets_in_run} datasets registered in {result.output_run}")
+    from .central.provenance_graph import update_provenance
+
+    for outcome in update_provenance(str(directory / "dbb"), runs=[result.output_run]):
+        click.echo(outcome.describe())
     ok = counts["succeeded"] == len(all_results)
     click.echo(
         "every quantum succeeded"
