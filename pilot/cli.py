@@ -592,8 +592,8 @@ def demo(
     click.echo(f"{result.datasets_in_run} datasets registered in {result.output_run}")
     from .central.provenance_graph import update_provenance
 
-    for outcome in update_provenance(str(directory / "dbb"), runs=[result.output_run]):
-        click.echo(outcome.describe())
+    for written in update_provenance(str(directory / "dbb"), runs=[result.output_run]):
+        click.echo(written.describe())
     ok = counts["succeeded"] == len(all_results)
     click.echo(
         "every quantum succeeded"
