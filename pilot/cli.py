@@ -19,6 +19,7 @@ from .log_setup import configure_logging
 
 if TYPE_CHECKING:
     from .bundle_model import ExecutionSpec
+    from .central.ingest import BundleIngest
     from .runner import RunOutcome
 
 _LOG = logging.getLogger(__name__)
@@ -298,11 +299,52 @@ def _print_outcome(outcome: RunOutcome) -> None:
 @main.command(epilog=EXIT_CODE_HELP)
 @click.argument("repo")
 @click.option("--staging", default=None, help="DBB staging-area URI (default: <repo>/pilot-staging).")
-def ingest(repo: str, staging: str | None) -> None:
+@click.option(
+    "--provenance/--no-provenance",
+    default=True,
+    show_default=True,
+    help="Then write the stack's provenance graph of each run whose quanta all ended (pilot provenance).",
+)
+def ingest(repo: str, staging: str | None, provenance: bool) -> None:
     """Register every committed bundle's outputs in DBB repository REPO (idempotent)."""
     from .central.ingest import ingest_committed
 
     results = ingest_committed(repo, staging)
+    _echo_ingest(results)
+    if provenance and results:
+        from .central.provenance_graph import update_provenance
+
+        for outcome in update_provenance(repo, staging):
+            click.echo(outcome.describe())
+
+
+@main.command(name="provenance", epilog=EXIT_CODE_HELP)
+@click.argument("repo")
+@click.argument("runs", nargs=-1)
+@click.option("--staging", default=None, help="DBB staging-area URI (default: <repo>/pilot-staging).")
+@click.option(
+    "--qgraph", default=None, help="The run's predicted graph (default: its bundles' source_qgraph)."
+)
+@click.option("--force", is_flag=True, help="Rewrite a provenance graph that is up to date.")
+def provenance_command(
+    repo: str, runs: tuple[str, ...], staging: str | None, qgraph: str | None, force: bool
+) -> None:
+    """Write the stack's provenance quantum graph of each ingested run (default: all) of DBB REPO.
+
+    The graph goes to <repo>/pilot-provenance/<run>.qg (read it with
+    ProvenanceQuantumGraphReader or `butler provenance-report`), the pilot's extras
+    per quantum to <run>.pilot-extras.json beside it.  Idempotent.
+    """
+    from .central.provenance_graph import update_provenance
+
+    outcomes = update_provenance(repo, staging, runs=runs or None, qgraph=qgraph, force=force)
+    for outcome in outcomes:
+        click.echo(outcome.describe())
+    if not outcomes:
+        click.echo("no ingested bundles found: no provenance graph to write")
+
+
+def _echo_ingest(results: list[BundleIngest]) -> None:
     for item in results:
         click.echo(item.describe())
     new = sum(item.new for item in results)
@@ -573,6 +615,10 @@ def demo(
     for item in result.ingested:
         click.echo(item.describe())
     click.echo(f"{result.datasets_in_run} datasets registered in {result.output_run}")
+    from .central.provenance_graph import update_provenance
+
+    for written in update_provenance(str(directory / "dbb"), runs=[result.output_run]):
+        click.echo(written.describe())
     ok = counts["succeeded"] == len(all_results)
     click.echo(
         "every quantum succeeded"

@@ -6,6 +6,8 @@ from pathlib import Path
 
 from conftest import pilot
 from lsst.daf.butler import Butler
+from lsst.pipe.base import QuantumAttemptStatus
+from lsst.pipe.base.quantum_graph import ProvenanceQuantumGraphReader
 
 
 def test_demo_runs_twice(tmp_path: Path) -> None:
@@ -16,6 +18,12 @@ def test_demo_runs_twice(tmp_path: Path) -> None:
     total = [line.split() for line in first.stdout.splitlines() if line.startswith("TOTAL")]
     assert total == [["TOTAL", "60", "0", "0", "0"]]
     assert "184 datasets registered" in first.stdout  # 60 x 3 + 3 configs + packages
+    assert "provenance graph written" in first.stdout
+    (graph_path,) = (tmp_path / "demo" / "dbb" / "pilot-provenance" / "demo").glob("*.qg")
+    with ProvenanceQuantumGraphReader.open(graph_path) as reader:
+        reader.read_quanta()
+    statuses = [reader.graph.quantum_only_xgraph.nodes[q]["status"] for q in reader.graph.quantum_only_xgraph]
+    assert statuses == [QuantumAttemptStatus.SUCCESSFUL] * 60
 
     second = pilot("demo", tmp_path / "demo", "--detectors", "20", "--sleep", "0")
     assert second.returncode == 0, second.stderr

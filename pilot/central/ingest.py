@@ -32,6 +32,7 @@ class BundleIngest:
     new: int
     already_present: int
     skipped: bool
+    output_run: str = ""
 
     def describe(self) -> str:
         if self.skipped:
@@ -65,7 +66,9 @@ def ingest_bundle_dir(butler: Butler, bundle_dir: ResourcePath) -> BundleIngest 
 def _ingest_one(butler: Butler, bundle_dir: ResourcePath, manifest: Manifest) -> BundleIngest:
     done = area.ingested_manifest(bundle_dir)
     if done is not None and done.attempt == manifest.attempt:
-        return BundleIngest(manifest.bundle_id, manifest.attempt, 0, 0, skipped=True)
+        return BundleIngest(
+            manifest.bundle_id, manifest.attempt, 0, 0, skipped=True, output_run=manifest.output_run
+        )
     new = present = 0
     try:
         index = area.read_index(bundle_dir, manifest)
@@ -80,7 +83,9 @@ def _ingest_one(butler: Butler, bundle_dir: ResourcePath, manifest: Manifest) ->
     except TransferError as err:
         raise DBBError(f"ingested bundle {manifest.bundle_id} but cannot mark it: {err}") from None
     _LOG.info("Bundle %s: %d new datasets, %d already present.", manifest.bundle_id, new, present)
-    return BundleIngest(manifest.bundle_id, manifest.attempt, new, present, skipped=False)
+    return BundleIngest(
+        manifest.bundle_id, manifest.attempt, new, present, skipped=False, output_run=manifest.output_run
+    )
 
 
 def _ingest_index(

@@ -3,6 +3,10 @@
 One thread with one butler: ingests never race each other for the registry, and
 ``pilot.central.ingest`` (the code behind ``pilot ingest``) skips what is already registered,
 so each dataset is registered exactly once however often a bundle is submitted.
+
+When the queue runs dry, the same thread brings the stack's provenance graph of each run
+it ingested into up to date (`pilot.central.provenance_graph`, as ``pilot ingest`` does):
+written once all of a run's quanta ended in ingested bundles, rewritten after a remainder's.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from lsst.resources import ResourcePath
 
 from ..central.dbb_init import open_dbb
 from ..central.ingest import ingest_bundle_dir
+from ..central.provenance_graph import update_provenance_in
 from .store import QueueStore
 
 _LOG = logging.getLogger(__name__)
@@ -46,15 +51,31 @@ class Ingester:
             self._butler.close()
 
     def _run(self) -> None:
+        touched: set[tuple[str, str]] = set()  # (staging root, output run) ingested since the last update
         while (bundle_id := self._queue.get()) is not None:
             try:
                 if self._butler is None:
                     self._butler = open_dbb(self._repo, writeable=True)
-                result = ingest_bundle_dir(self._butler, self._locate(bundle_id))
+                directory = self._locate(bundle_id)
+                result = ingest_bundle_dir(self._butler, directory)
                 if result is None:
                     raise RuntimeError("no committed manifest")
                 _LOG.info("%s", result.describe())
                 self._store.set_ingest(bundle_id, "done")
+                touched.add((str(directory.parent()), result.output_run))
             except Exception as err:  # keep serving; the status endpoint counts failed ingests
                 _LOG.error("Ingest of bundle %s failed: %s", bundle_id, err)
                 self._store.set_ingest(bundle_id, "failed")
+            if self._queue.empty():
+                self._update_provenance(touched)
+                touched.clear()
+
+    def _update_provenance(self, touched: set[tuple[str, str]]) -> None:
+        for root, run in sorted(touched):
+            try:
+                (outcome,) = update_provenance_in(
+                    self._repo, ResourcePath(root, forceDirectory=True), runs=[run]
+                )
+                _LOG.info("%s", outcome.describe())
+            except Exception as err:  # the datasets are in; a missing graph is made by the next update
+                _LOG.error("Provenance graph of run %s not written: %s", run, err)
