@@ -37,7 +37,7 @@ from stagers.base import TransferError
 from stagers.registry import stager_for
 
 from ..errors import DBBError
-from ..report import BundleReport, QuantumResult, now
+from ..report import BundleReport, QuantumAttempt, QuantumResult, now
 from ..staging import area
 from ..staging.area import Manifest
 from ..staging.provenance import Provenance
@@ -65,6 +65,10 @@ class QuantumRun(pydantic.BaseModel):
     cpu_seconds: float
     max_rss_bytes: int
     resumed: bool
+    retried_attempts: list[QuantumAttempt] = pydantic.Field(
+        default_factory=list,
+        description="Failed attempts the pilot retried inside this run (in-job retries).",
+    )
 
 
 class QuantumExtras(pydantic.BaseModel):
@@ -285,6 +289,7 @@ def _quantum_run(item: _Ingested, result: QuantumResult, site: str | None) -> Qu
         cpu_seconds=result.cpu_seconds,
         max_rss_bytes=result.max_rss_bytes,
         resumed=result.resumed,
+        retried_attempts=result.attempts,
     )
 
 
