@@ -5,7 +5,8 @@ from __future__ import annotations
 import dataclasses
 import uuid
 from abc import ABC, abstractmethod
-from typing import ClassVar
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 from lsst.daf.butler import LimitedButler, Quantum
 from lsst.pipe.base.pipeline_graph import TaskNode
@@ -23,6 +24,12 @@ class ActivatorContext:
 
     fresh_workspace: bool = False
     """Nothing was ever written in this workspace, so no quantum's outputs can exist yet."""
+
+    settings: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    """This activator's ``execution.activator_settings`` entry from the bundle (it checks them)."""
+
+    workspace: str | None = None
+    """The bundle's workspace directory (scratch space for the activator)."""
 
 
 @dataclasses.dataclass(frozen=True)

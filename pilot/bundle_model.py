@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import uuid
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import pydantic
 from lsst.resources import ResourcePath
@@ -67,7 +67,18 @@ class DBBSpec(_Strict):
 class ExecutionSpec(_Strict):
     """How to execute the bundle's quanta."""
 
-    activator: str = pydantic.Field(default="in-process", description="Activator plugin name.")
+    activator: str = pydantic.Field(
+        default="in-process",
+        description="Activator plugin name for every task label not in activators_by_label.",
+    )
+    activators_by_label: dict[str, str] = pydantic.Field(
+        default_factory=dict,
+        description="Activator per task label (a bundle may mix them, e.g. one 'exec' step).",
+    )
+    activator_settings: dict[str, dict[str, Any]] = pydantic.Field(
+        default_factory=dict,
+        description="Settings per activator name, checked by that activator (e.g. 'exec': its commands).",
+    )
     processes: int | None = pydantic.Field(
         default=None,
         ge=0,

@@ -251,6 +251,9 @@ def _execute(
         quantum_ids=tuple(job.bundle.quantum_ids),
         local_repo=str(job.local_repo),
         activator=execution.activator,
+        activators_by_label=tuple(sorted(execution.activators_by_label.items())),
+        activator_settings=tuple(sorted(execution.activator_settings.items())),
+        workspace=str(job.workspace.root),
         raise_on_partial_outputs=execution.raise_on_partial_outputs,
         transient=tuple(execution.transient_dataset_types),
         fresh_workspace=job.workspace.fresh,
@@ -516,10 +519,20 @@ def _check_consistency(bundle: Bundle, qg: PredictedQuantumGraph) -> None:
             f"bundle {bundle.bundle_id}: dbb.output_run {bundle.dbb.output_run!r} does not match the "
             f"quantum graph's output run {qg.header.output_run!r}"
         )
-    try:
-        activator_class(bundle.execution.activator)
-    except PluginNotFound as err:
-        raise BundleError(f"bundle {bundle.bundle_id}: execution.activator: {err}") from None
+    execution = bundle.execution
+    for where, name in [("activator", execution.activator)] + [
+        (f"activators_by_label.{label}", name) for label, name in execution.activators_by_label.items()
+    ]:
+        try:
+            activator_class(name)
+        except PluginNotFound as err:
+            raise BundleError(f"bundle {bundle.bundle_id}: execution.{where}: {err}") from None
+    unknown_labels = sorted(set(execution.activators_by_label) - set(qg.pipeline_graph.tasks))
+    if unknown_labels:
+        raise BundleError(
+            f"bundle {bundle.bundle_id}: execution.activators_by_label names {unknown_labels[0]!r}, "
+            "which is not a task label of the quantum graph"
+        )
     unknown = sorted(set(bundle.execution.transient_dataset_types) - set(qg.pipeline_graph.dataset_types))
     if unknown:
         raise BundleError(

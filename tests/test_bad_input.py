@@ -39,6 +39,14 @@ def _breakers(tmp: Path) -> dict[str, tuple[object, str]]:
         ),
         "run_mismatch": (lambda doc: doc["dbb"].update(output_run="other/run"), "does not match"),
         "unknown_activator": (lambda doc: doc["execution"].update(activator="teleport"), "unknown activator"),
+        "unknown_label_activator": (
+            lambda doc: doc["execution"].update(activators_by_label={"isr": "teleport"}),
+            "execution.activators_by_label.isr: unknown activator 'teleport'",
+        ),
+        "activator_for_no_task": (
+            lambda doc: doc["execution"].update(activators_by_label={"nosuchtask": "in-process"}),
+            "activators_by_label names 'nosuchtask', which is not a task label",
+        ),
         "database_url": (
             lambda doc: doc["dbb"].update(repo="postgresql://butler@db.example/dbb"),
             "a bundle must not carry a database URL",
@@ -57,6 +65,8 @@ def _breakers(tmp: Path) -> dict[str, tuple[object, str]]:
         "quantum_not_in_graph",
         "run_mismatch",
         "unknown_activator",
+        "unknown_label_activator",
+        "activator_for_no_task",
         "database_url",
     ],
 )

@@ -15,12 +15,13 @@ import resource
 import time
 import uuid
 from collections import Counter
+from typing import Any
 
 from lsst.daf.butler.datastore.record_data import DatastoreRecordData
 from lsst.pipe.base.quantum_graph import PredictedQuantumGraph
 from lsst.resources import ResourcePath
 
-from activators.base import ActivatorContext
+from activators.base import Activator, ActivatorContext
 from activators.registry import activator_class
 
 from ..errors import InterruptedRun
@@ -43,6 +44,11 @@ class SessionSpec:
     quantum_ids: tuple[uuid.UUID, ...]
     local_repo: str
     activator: str = "in-process"
+    activators_by_label: tuple[tuple[str, str], ...] = ()
+    """``(task label, activator)`` for labels not run by ``activator``."""
+    activator_settings: tuple[tuple[str, Any], ...] = ()
+    """``(activator, its settings)`` from the bundle."""
+    workspace: str | None = None
     raise_on_partial_outputs: bool = True
     transient: tuple[str, ...] = ()
     fresh_workspace: bool = False
@@ -98,13 +104,8 @@ class BundleSession:
             spec.transient,
             hash_outputs=spec.hash_outputs,
         )
-        self.activator = activator_class(spec.activator)(
-            ActivatorContext(
-                butler=self.butler,
-                raise_on_partial_outputs=spec.raise_on_partial_outputs,
-                fresh_workspace=spec.fresh_workspace,
-            )
-        )
+        self._by_label = dict(spec.activators_by_label)
+        self._activators: dict[str, Activator] = {}
         # Off unless PILOT_PROFILE_DIR is set (benchmarks/README.md): a profile of this
         # session's quanta, written by `close` as <dir>/<bundle>-<pid>.prof.
         self._profile_dir = os.environ.get(PROFILE_ENV)
@@ -119,6 +120,21 @@ class BundleSession:
             data_id=dict(node["data_id"].required),
             status="not_run",
         )
+
+    def activator_for(self, task_label: str) -> Activator:
+        """The activator of a task label, made on first use and kept for the bundle."""
+        name = self._by_label.get(task_label, self.spec.activator)
+        if (activator := self._activators.get(name)) is None:
+            activator = self._activators[name] = activator_class(name)(
+                ActivatorContext(
+                    butler=self.butler,
+                    raise_on_partial_outputs=self.spec.raise_on_partial_outputs,
+                    fresh_workspace=self.spec.fresh_workspace,
+                    settings=dict(self.spec.activator_settings).get(name, {}),
+                    workspace=self.spec.workspace,
+                )
+            )
+        return activator
 
     def forget_outputs(self, quantum_id: uuid.UUID) -> None:
         """Remove what an earlier, failed attempt of the quantum wrote (before it runs again)."""
@@ -142,7 +158,8 @@ class BundleSession:
         if self._profiler is not None:
             self._profiler.enable()
         try:
-            outcome = self.activator.execute(task_node, self.quanta[quantum_id], quantum_id)
+            activator = self.activator_for(result.task_label)
+            outcome = activator.execute(task_node, self.quanta[quantum_id], quantum_id)
         except InterruptedRun:
             raise
         except Exception as err:
@@ -172,7 +189,8 @@ class BundleSession:
         if self._profiler is not None and self._profile_dir:
             os.makedirs(self._profile_dir, exist_ok=True)
             self._profiler.dump_stats(os.path.join(self._profile_dir, f"{self.spec.key}-{os.getpid()}.prof"))
-        self.activator.close()
+        for activator in self._activators.values():
+            activator.close()
         self.butler.close()
 
 
