@@ -55,6 +55,10 @@ class Activator(ABC):
     def __init__(self, context: ActivatorContext) -> None:
         self.context = context
 
+    @classmethod  # noqa: B027 - optional hook
+    def check_settings(cls, settings: Mapping[str, Any], labels: frozenset[str]) -> None:
+        """Raise `ValueError` if ``settings`` cannot run the task ``labels`` (called when bundling)."""
+
     @abstractmethod
     def execute(self, task_node: TaskNode, quantum: Quantum, quantum_id: uuid.UUID) -> ActivatorOutcome:
         """Run ``quantum`` of ``task_node``."""

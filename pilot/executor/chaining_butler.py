@@ -24,6 +24,9 @@ from lsst.daf.butler import (
     DatasetRef,
     DeferredDatasetHandle,
     DimensionUniverse,
+    FileDataset,
+    Formatter,
+    FormatterV2,
     LimitedButler,
     QuantumBackedButler,
     StorageClass,
@@ -137,6 +140,56 @@ class ChainingButler(LimitedButler):
         """Drop datasets whose consumers have all run (possibly elsewhere)."""
         for dataset_id in dataset_ids:
             self._memory.pop(dataset_id, None)
+
+    # -- files for programs outside the butler (the exec activator) ----------
+
+    def local_file(self, ref: DatasetRef) -> Path:
+        """The local file of a stored dataset, for a program that reads it itself.
+
+        Counts as a consumer's read (the in-memory copy, if any, is dropped after its last).
+
+        Raises
+        ------
+        FileNotFoundError
+            The dataset type is transient (never written), or the dataset has no local file.
+        """
+        if ref.datasetType.name in self._transient:
+            raise FileNotFoundError(
+                f"{ref.datasetType.name} is a transient dataset type: it is never written to a file"
+            )
+        uri = self._wrapped._datastore.getURI(ref)
+        if not uri.isLocal:
+            raise FileNotFoundError(f"{ref.datasetType.name} {ref.dataId} is not a local file: {uri}")
+        if ref.id in self._consumers:
+            self._consumers[ref.id] -= 1
+            if self._consumers[ref.id] <= 0:
+                self._memory.pop(ref.id, None)
+        size = uri.size()
+        self.io.bytes_read += size
+        if ref.id in self._intermediates:
+            self.io.intermediate_bytes_read += size
+        return Path(uri.ospath)
+
+    def formatter_class(self, ref: DatasetRef) -> type[Formatter | FormatterV2]:
+        """The formatter the workspace datastore reads and writes ``ref`` with."""
+        return self._wrapped._datastore.formatterFactory.getFormatterClass(ref)  # type: ignore[attr-defined]
+
+    def ingest_file(
+        self, path: Path, ref: DatasetRef, formatter: type[Formatter | FormatterV2] | None = None
+    ) -> None:
+        """Move the file at ``path`` into the workspace datastore as ``ref`` (read with ``formatter``).
+
+        It is staged out like a ``put`` dataset; its consumers in the bundle read it from disk.
+        """
+        if ref.datasetType.name in self._transient:
+            raise ValueError(f"{ref.datasetType.name} is a transient dataset type; a file cannot become one")
+        self._wrapped._datastore.ingest(FileDataset(str(path), [ref], formatter=formatter), transfer="move")
+        self._persisted.append(ref)
+        self.io.files_written += 1
+
+    def read_stored(self, ref: DatasetRef) -> Any:
+        """Read ``ref`` from the workspace datastore (not counted as a consumer's read)."""
+        return self._wrapped.get(ref)
 
     # -- LimitedButler --------------------------------------------------------
 
