@@ -15,7 +15,7 @@ from typing import Any, Literal
 import pydantic
 from lsst.resources import ResourcePath
 
-from .errors import BundleError, shown
+from .errors import BundleError, ConfigError, shown
 
 SCHEMA_VERSION: Literal[1] = 1
 SCHEMA_PATH = Path(__file__).parent / "schemas" / "bundle.schema.json"
@@ -241,6 +241,26 @@ def load_bundle(path: str | ResourcePath) -> Bundle:
         return Bundle.model_validate(data)
     except pydantic.ValidationError as err:
         raise BundleError(f"bundle file {shown(uri)} is invalid: {_first_problem(err)}") from None
+
+
+def load_execution(path: Path) -> ExecutionSpec:
+    """Read an ``execution`` section (YAML or JSON) for ``pilot bundle --execution``.
+
+    Raises
+    ------
+    ConfigError
+        One line naming the file and what is wrong with it.
+    """
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as err:
+        raise ConfigError(f"cannot read execution settings {path}: {err}") from None
+    try:
+        return ExecutionSpec.model_validate(data or {})
+    except pydantic.ValidationError as err:
+        raise ConfigError(f"execution settings {path} are invalid: {_first_problem(err)}") from None
 
 
 def _first_problem(err: pydantic.ValidationError) -> str:

@@ -101,6 +101,14 @@ def main(log_level: str, long_log: bool) -> None:
     help="Leave out the quanta of task LABEL whose data IDs match the butler query EXPRESSION "
     "(e.g. 'calibrate:detector IN (8, 9)'), and everything downstream of them. Repeatable.",
 )
+@click.option(
+    "--execution",
+    "execution_file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="YAML/JSON file with the bundles' execution section, e.g. activators_by_label and "
+    "activator_settings (an 'exec' step's commands); checked by the activators it names.",
+)
 def bundle(
     qgraph: str,
     repo: str,
@@ -108,8 +116,12 @@ def bundle(
     max_quanta: int | None,
     staging: str | None,
     exclusions: tuple[str, ...],
+    execution_file: Path | None,
 ) -> None:
     """Split quantum graph QGRAPH (.qg) into bundle files, after preparing the DBB once."""
+    from activators.registry import check_activator_settings
+
+    from .bundle_model import load_execution
     from .central.bundling import EXCLUDED_FILE, excluded_counts, make_bundles
 
     try:
@@ -117,7 +129,14 @@ def bundle(
     except ValueError as err:  # a usage error, on one line
         click.echo(error_line(str(err)), err=True)
         sys.exit(2)
-    paths = make_bundles(qgraph, repo, out_dir, max_quanta=max_quanta, staging=staging, exclude=exclude)
+    execution = load_execution(execution_file) if execution_file else None
+    if execution is not None:
+        check_activator_settings(
+            execution.activator, execution.activators_by_label, execution.activator_settings
+        )
+    paths = make_bundles(
+        qgraph, repo, out_dir, max_quanta=max_quanta, staging=staging, exclude=exclude, execution=execution
+    )
     for path in paths:
         click.echo(str(path))
     counts = excluded_counts(out_dir) if exclude else {}
