@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
-from importlib.metadata import entry_points
+from importlib.metadata import EntryPoint, entry_points
 
 from pilot.errors import PluginError, PluginNotFound
 
 from .base import Activator
 
 GROUP = "quanta_pilot.activators"
+
+BUILTIN = {
+    "in-process": "activators.in_process:InProcessActivator",
+    "container": "activators.container:ContainerActivator",
+}
+"""The project's own activators, found even where the installed entry points predate them."""
 
 
 def activator_class(name: str) -> type[Activator]:
@@ -21,7 +27,8 @@ def activator_class(name: str) -> type[Activator]:
     PluginError
         The plugin fails to import, or is not an `Activator`.
     """
-    found = {ep.name: ep for ep in entry_points(group=GROUP)}
+    found = {name: EntryPoint(name, value, GROUP) for name, value in BUILTIN.items()}
+    found.update({ep.name: ep for ep in entry_points(group=GROUP)})
     if name not in found:
         raise PluginNotFound(f"unknown activator {name!r}; installed: {', '.join(sorted(found)) or 'none'}")
     entry_point = found[name]
