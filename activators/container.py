@@ -117,7 +117,21 @@ class ContainerActivator(Activator):
         if qg_uri is None or local_repo is None:
             raise ConfigError("activator 'container' needs the bundle's graph and local repo in its context")
         inputs = [ref for refs in quantum.inputs.values() for ref in refs] + list(quantum.initInputs.values())
-        butler.persist_held(inputs)
+        materialized = butler.persist_held(inputs)
+        try:
+            return self._run_contained(butler, quantum, quantum_id, inputs, qg_uri, local_repo)
+        finally:
+            butler.unstore(materialized)
+
+    def _run_contained(
+        self,
+        butler: Any,
+        quantum: Quantum,
+        quantum_id: uuid.UUID,
+        inputs: list[Any],
+        qg_uri: str,
+        local_repo: str,
+    ) -> ActivatorOutcome:
         records = butler.export_records(inputs)
         stem = self.dir / str(quantum_id)
         result_path = stem.with_suffix(".result.json")

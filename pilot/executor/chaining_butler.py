@@ -139,13 +139,21 @@ class ChainingButler(LimitedButler):
         """Datastore records of ``refs`` that are on disk in the workspace."""
         return dict(self._wrapped._datastore.export_records(list(refs)))
 
-    def persist_held(self, refs: Iterable[DatasetRef]) -> None:
-        """Write datasets held only in memory (transient types) to the workspace, not staged out,
-        so a process that reads files can read them."""
+    def persist_held(self, refs: Iterable[DatasetRef]) -> list[DatasetRef]:
+        """Write datasets held only in memory (transient types) to the workspace, so a process
+        that reads files can read them; `unstore` them once it has (or they would be staged)."""
+        written = []
         for ref in refs:
             held = self._memory.get(ref.id)
             if held is not None and not self._wrapped.stored(ref):
                 self._wrapped.put(held[0], held[1])
+                written.append(ref)
+        return written
+
+    def unstore(self, refs: list[DatasetRef]) -> None:
+        """Delete the files of ``refs`` from the workspace, keeping what memory holds of them."""
+        if refs:
+            self._wrapped.pruneDatasets(refs, disassociate=True, unstore=True, purge=True)
 
     def adopt_outputs(self, refs: Iterable[DatasetRef], records: Mapping[str, DatastoreRecordData]) -> None:
         """Take outputs that another process wrote to the workspace datastore as this butler's own
