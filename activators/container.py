@@ -90,7 +90,9 @@ class ContainerActivator(Activator):
             raise ConfigError(f"activator 'container': unknown settings {sorted(unknown)}")
         self.runtime = str(settings.get("runtime", "bwrap"))
         if self.runtime not in RUNTIMES:
-            raise ConfigError(f"activator 'container': runtime must be one of {RUNTIMES}, not {self.runtime!r}")
+            raise ConfigError(
+                f"activator 'container': runtime must be one of {RUNTIMES}, not {self.runtime!r}"
+            )
         self.image = settings.get("image")
         self.rootfs = settings.get("rootfs")
         if self.runtime in ("docker", "apptainer", "singularity") and not self.image:
@@ -162,7 +164,9 @@ class ContainerActivator(Activator):
         result = json.loads(result_path.read_text())
         if "error" in result:
             error = result["error"]
-            raise ContainedQuantumError(f"{error['type']}: {error['message']}", int(error.get("exit_code", 1)))
+            raise ContainedQuantumError(
+                f"{error['type']}: {error['message']}", int(error.get("exit_code", 1))
+            )
         new = {
             name: DatastoreRecordData.from_simple(
                 SerializedDatastoreRecordData.model_validate(simple), universe=butler.dimensions
@@ -201,8 +205,9 @@ class ContainerActivator(Activator):
                 cmd += ["-v", f"{src}:{dst}" + (":ro" if read_only else "")]
             for name in passed:
                 cmd += ["--env", name]  # the name only: the value comes from this environment
-            image = ["--rootfs", self.rootfs] if self.runtime == "podman" and self.rootfs else [self.image]
-            return [*cmd, *image, *inner]
+            if self.runtime == "podman" and self.rootfs:
+                return [*cmd, "--rootfs", str(self.rootfs), *inner]
+            return [*cmd, str(self.image), *inner]
         cmd = [self.runtime, "exec", "--containall", "--pid"]
         for src, dst, read_only in binds:
             cmd += ["--bind", f"{src}:{dst}" + (":ro" if read_only else "")]
@@ -244,7 +249,7 @@ def run_contained(command: Sequence[str], log: Any) -> int:
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,
-        preexec_fn=_child_setup,  # noqa: PLW1509 - async-signal-safe enough: prctl and signal()
+        preexec_fn=_child_setup,  # prctl and signal() only
     )
     try:
         return process.wait()
@@ -279,7 +284,9 @@ def run_spec(spec: Mapping[str, Any]) -> int:
     quantum = qg.build_execution_quanta((quantum_id,))[quantum_id]
     universe = qg.pipeline_graph.universe
     records = {
-        name: DatastoreRecordData.from_simple(SerializedDatastoreRecordData.model_validate(s), universe=universe)
+        name: DatastoreRecordData.from_simple(
+            SerializedDatastoreRecordData.model_validate(s), universe=universe
+        )
         for name, s in spec["records"].items()
     }
     qbb = workspace_butler(
