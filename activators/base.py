@@ -31,6 +31,15 @@ class ActivatorContext:
     workspace: str | None = None
     """The bundle's workspace directory (scratch space for the activator)."""
 
+    qgraph_uri: str | None = None
+    """The bundle's quantum graph, for an activator that runs quanta in another process."""
+
+    local_repo: str | None = None
+    """The workspace datastore's ``butler.yaml``, for the same."""
+
+    transient: tuple[str, ...] = ()
+    """Dataset types never written to disk (``execution.transient_dataset_types``)."""
+
 
 @dataclasses.dataclass(frozen=True)
 class ActivatorOutcome:

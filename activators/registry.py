@@ -21,8 +21,10 @@ GROUP = "quanta_pilot.activators"
 BUILT_IN = {
     "in-process": "activators.in_process:InProcessActivator",
     "exec": "activators.exec:ExecActivator",
+    "container": "activators.container:ContainerActivator",
 }
-"""The project's own activators (as in pyproject.toml's entry points)."""
+"""The project's own activators (as in pyproject.toml's entry points), found even where the
+installed entry points predate them."""
 
 
 def activator_class(name: str) -> type[Activator]:

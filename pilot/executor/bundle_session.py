@@ -132,6 +132,9 @@ class BundleSession:
                     fresh_workspace=self.spec.fresh_workspace,
                     settings=dict(self.spec.activator_settings).get(name, {}),
                     workspace=self.spec.workspace,
+                    qgraph_uri=self.spec.qgraph_uri,
+                    local_repo=self.spec.local_repo,
+                    transient=self.spec.transient,
                 )
             )
         return activator

@@ -136,6 +136,36 @@ class ChainingButler(LimitedButler):
         )
         return records, size
 
+    # -- for activators that run a quantum outside this process (container) ---
+
+    def export_records(self, refs: Iterable[DatasetRef]) -> dict[str, DatastoreRecordData]:
+        """Datastore records of ``refs`` that are on disk in the workspace."""
+        return dict(self._wrapped._datastore.export_records(list(refs)))
+
+    def persist_held(self, refs: Iterable[DatasetRef]) -> list[DatasetRef]:
+        """Write datasets held only in memory (transient types) to the workspace, so a process
+        that reads files can read them; `unstore` them once it has (or they would be staged)."""
+        written = []
+        for ref in refs:
+            held = self._memory.get(ref.id)
+            if held is not None and not self._wrapped.stored(ref):
+                self._wrapped.put(held[0], held[1])
+                written.append(ref)
+        return written
+
+    def unstore(self, refs: list[DatasetRef]) -> None:
+        """Delete the files of ``refs`` from the workspace, keeping what memory holds of them."""
+        if refs:
+            self._wrapped.pruneDatasets(refs, disassociate=True, unstore=True, purge=True)
+
+    def adopt_outputs(self, refs: Iterable[DatasetRef], records: Mapping[str, DatastoreRecordData]) -> None:
+        """Take outputs that another process wrote to the workspace datastore as this butler's own
+        (readable by later quanta, staged out by `take_new_outputs`)."""
+        self._wrapped._datastore.import_records(records)
+        for ref in refs:
+            self._persisted.append(ref)
+            self.io.files_written += 1
+
     def evict(self, dataset_ids: Iterable[uuid.UUID]) -> None:
         """Drop datasets whose consumers have all run (possibly elsewhere)."""
         for dataset_id in dataset_ids:
