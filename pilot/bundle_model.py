@@ -126,6 +126,12 @@ class ExecutionSpec(_Strict):
     raise_on_partial_outputs: bool = pydantic.Field(
         default=True, description="Treat a task's partial outputs as a failure of its quantum."
     )
+    local_repo: Literal["qbb", "sqlite"] = pydantic.Field(
+        default="qbb",
+        description="Butler the quanta run with: 'qbb', a quantum-backed butler handing intermediates on "
+        "in memory; 'sqlite', a temporary full Butler repo (SQLite registry) per worker over the same "
+        "workspace datastore, for tasks or tools that need one (slower; see README).",
+    )
 
 
 class StagingSpec(_Strict):

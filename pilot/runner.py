@@ -260,6 +260,7 @@ def _execute(
         hash_outputs=job.bundle.staging.verify_checksums,
         quantum_timeout=execution.quantum_timeout_seconds,
         hang_seconds=execution.hang_seconds,
+        repo_mode=execution.local_repo,
     )
     return execute_bundle(
         job.qg,

@@ -15,8 +15,10 @@ import resource
 import time
 import uuid
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
+from lsst.daf.butler import LimitedButler
 from lsst.daf.butler.datastore.record_data import DatastoreRecordData
 from lsst.pipe.base.quantum_graph import PredictedQuantumGraph
 from lsst.resources import ResourcePath
@@ -30,6 +32,7 @@ from ..report import QuantumResult, now
 from ..workspace import workspace_butler
 from .chaining_butler import ChainingButler
 from .observation import observe
+from .sqlite_repo import SqliteRepoOutputs, build_sqlite_repo
 
 PROFILE_ENV = "PILOT_PROFILE_DIR"
 """If set, each session profiles its quanta (cProfile) and writes the stats there on close."""
@@ -58,6 +61,8 @@ class SessionSpec:
     """Wall seconds a quantum may run (``execution.quantum_timeout_seconds``)."""
     hang_seconds: float | None = None
     """Seconds a stopped or stuck worker may make no CPU progress (``execution.hang_seconds``)."""
+    repo_mode: str = "qbb"
+    """``execution.local_repo``: ``qbb`` (quantum-backed butler) or ``sqlite`` (`sqlite_repo`)."""
 
 
 def in_bundle_consumers(
@@ -76,7 +81,7 @@ def in_bundle_consumers(
 
 
 class BundleSession:
-    """Runs quanta of one bundle through an activator over a `ChainingButler`."""
+    """Runs quanta of one bundle through an activator over a `ChainingButler` (or a `sqlite_repo`)."""
 
     def __init__(self, spec: SessionSpec, qg: PredictedQuantumGraph | None = None) -> None:
         self.spec = spec
@@ -90,20 +95,24 @@ class BundleSession:
             inputs.update(ref.id for refs in quantum.inputs.values() for ref in refs)
             inputs.update(ref.id for ref in quantum.initInputs.values())
             records.append(quantum.datastore_records)
-        qbb = workspace_butler(
-            self.qg,
-            spec.local_repo,
-            inputs=inputs,
-            outputs=outputs,
-            records=DatastoreRecordData.merge_mappings(*records),
-        )
-        self._uri_of = qbb._datastore.getURI
-        self.butler = ChainingButler(
-            qbb,
-            in_bundle_consumers(self.qg, spec.quantum_ids),
-            spec.transient,
-            hash_outputs=spec.hash_outputs,
-        )
+        merged = DatastoreRecordData.merge_mappings(*records)
+        self.butler: ChainingButler | SqliteRepoOutputs
+        if spec.repo_mode == "sqlite":
+            base = Path(spec.workspace or ResourcePath(spec.local_repo).dirname().ospath)
+            repo_root = base / f"sqlite-repo-{os.getpid()}"
+            direct = build_sqlite_repo(self.qg, self.quanta, spec.local_repo, repo_root, merged)
+            self._uri_of = direct._datastore.getURI
+            self.butler = SqliteRepoOutputs(direct, repo_root, hash_outputs=spec.hash_outputs)
+            self._task_butler: LimitedButler = direct
+        else:
+            qbb = workspace_butler(self.qg, spec.local_repo, inputs=inputs, outputs=outputs, records=merged)
+            self._uri_of = qbb._datastore.getURI
+            self.butler = self._task_butler = ChainingButler(
+                qbb,
+                in_bundle_consumers(self.qg, spec.quantum_ids),
+                spec.transient,
+                hash_outputs=spec.hash_outputs,
+            )
         self._by_label = dict(spec.activators_by_label)
         self._activators: dict[str, Activator] = {}
         # Off unless PILOT_PROFILE_DIR is set (benchmarks/README.md): a profile of this
@@ -127,7 +136,7 @@ class BundleSession:
         if (activator := self._activators.get(name)) is None:
             activator = self._activators[name] = activator_class(name)(
                 ActivatorContext(
-                    butler=self.butler,
+                    butler=self._task_butler,
                     raise_on_partial_outputs=self.spec.raise_on_partial_outputs,
                     fresh_workspace=self.spec.fresh_workspace,
                     settings=dict(self.spec.activator_settings).get(name, {}),
@@ -160,6 +169,8 @@ class BundleSession:
         cpu0 = _cpu_seconds()
         if self._profiler is not None:
             self._profiler.enable()
+        if isinstance(self.butler, SqliteRepoOutputs):
+            self.butler.expect(self.quanta[quantum_id])
         try:
             activator = self.activator_for(result.task_label)
             outcome = activator.execute(task_node, self.quanta[quantum_id], quantum_id)

@@ -34,6 +34,7 @@ from lsst.daf.butler import (
 from lsst.daf.butler.datastore.record_data import DatastoreRecordData
 from lsst.daf.butler.datastore.stored_file_info import StoredFileInfo
 from lsst.pipe.base import InMemoryDatasetHandle
+from lsst.resources import ResourcePath
 
 from ..report import IoCounts
 from ..staging.input_cache import blake2b_of
@@ -47,6 +48,41 @@ class NewOutputs:
 
     records: dict[str, DatastoreRecordData]
     checksums: dict[uuid.UUID, tuple[int, str | None]]
+
+
+def stored_size(records: Mapping[str, DatastoreRecordData]) -> int:
+    """Bytes of the files ``records`` describe."""
+    return sum(
+        max(record.file_size, 0)
+        for data in records.values()
+        for tables in data.records.values()
+        for rows in tables.values()
+        for record in rows
+        if isinstance(record, StoredFileInfo)
+    )
+
+
+def checksums_of(
+    records: Mapping[str, DatastoreRecordData], root: ResourcePath, *, hash_outputs: bool
+) -> dict[uuid.UUID, tuple[int, str | None]]:
+    """``(size, blake2b)`` by dataset ID of the files ``records`` describe under the datastore ``root``.
+
+    Each file is hashed right after it was written (its bytes are still in the page
+    cache); without ``hash_outputs`` the recorded size only.
+    """
+    checksums: dict[uuid.UUID, tuple[int, str | None]] = {}
+    for data in records.values():
+        for dataset_id, tables in data.records.items():
+            for rows in tables.values():
+                for info in rows:
+                    if not isinstance(info, StoredFileInfo):
+                        continue
+                    if hash_outputs:
+                        path = Path(root.join(info.path).ospath)
+                        checksums[dataset_id] = (path.stat().st_size, blake2b_of(path))
+                    else:
+                        checksums[dataset_id] = (info.file_size, None)
+    return checksums
 
 
 class ChainingButler(LimitedButler):
@@ -107,34 +143,14 @@ class ChainingButler(LimitedButler):
         records, size = self._export(new)
         self.io.bytes_written += size
         root = self._wrapped._datastore.root  # type: ignore[attr-defined]
-        checksums: dict[uuid.UUID, tuple[int, str | None]] = {}
-        for data in records.values():
-            for dataset_id, tables in data.records.items():
-                for rows in tables.values():
-                    for info in rows:
-                        if not isinstance(info, StoredFileInfo):
-                            continue
-                        if self._hash_outputs:
-                            path = Path(root.join(info.path).ospath)
-                            checksums[dataset_id] = (path.stat().st_size, blake2b_of(path))
-                        else:
-                            checksums[dataset_id] = (info.file_size, None)
-        return NewOutputs(records, checksums)
+        return NewOutputs(records, checksums_of(records, root, hash_outputs=self._hash_outputs))
 
     def _export(self, refs: list[DatasetRef]) -> tuple[dict[str, DatastoreRecordData], int]:
         """Records of ``refs`` and the bytes of their files."""
         # QuantumBackedButler.extract_provenance_data exports the same records, but also
         # warns about inputs it never saw checked (intermediates served from memory).
         records = dict(self._wrapped._datastore.export_records(refs))
-        size = sum(
-            max(record.file_size, 0)
-            for data in records.values()
-            for tables in data.records.values()
-            for rows in tables.values()
-            for record in rows
-            if isinstance(record, StoredFileInfo)
-        )
-        return records, size
+        return records, stored_size(records)
 
     # -- for activators that run a quantum outside this process (container) ---
 
