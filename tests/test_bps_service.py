@@ -260,3 +260,27 @@ def test_exclude_cancel_and_restart(tmp_path: Path) -> None:
         assert outputs["mid"] == outputs["final"] == row[SUCCEEDED]
         pilot.terminate()  # may come while it still stops the cancelled bundle: it must drain anyway
         assert pilot.wait(timeout=120) == 16, (work / "pilot.err").read_text()[-3000:]
+
+
+def test_scoped_activators_reach_the_job_bundles() -> None:
+    from collections import Counter as Count
+
+    from lsst.ctrl.bps import BpsConfig, GenericWorkflowJob
+
+    from pilot.bps.workflow import _settings, activation_of
+
+    config = BpsConfig(
+        {
+            "pipetask": {"legacy": {"pilotActivator": "exec"}, "isr": {"requestMemory": 3000}},
+            "pilotActivatorSettings": {"exec": {"commands": {"legacy": {"argv": ["prog", "{output[x]}"]}}}},
+            "pilotLocalRepo": "sqlite",
+        }
+    )
+    activation = activation_of(config, ["isr", "legacy", "measure"])
+    assert activation.by_label == {"legacy": "exec"} and activation.local_repo == "sqlite"
+    job = GenericWorkflowJob(name="chain_1", label="chain", quanta_counts=Count({"legacy": 1, "measure": 1}))
+    execution = _settings(job, activation).execution
+    assert execution.activators_by_label == {"legacy": "exec"}
+    assert execution.activator_settings["exec"]["commands"]["legacy"]["argv"] == ["prog", "{output[x]}"]
+    other = GenericWorkflowJob(name="isr_1", label="isr", quanta_counts=Count({"isr": 1}))
+    assert _settings(other, activation).execution.activators_by_label == {}

@@ -17,6 +17,9 @@ BPS job value        bundle
 ``numberOfRetries``  ``execution.retries`` (in the job) and ``retries.max_attempts`` = retries + 1
 ``retryUnlessExit``  ``retries.retry_unless_exit``
 ``memoryMultiplier`` ``execution.memory_multiplier`` and ``retries.memory_multiplier``
+``pilotActivator``   ``execution.activators_by_label`` (scoped per ``pipetask.<label>``)
+``pilotActivatorSettings`` ``execution.activator_settings`` (e.g. ``exec: {commands: …}``)
+``pilotLocalRepo``   ``execution.local_repo`` (``qbb`` or ``sqlite``)
 ===================  ===============================================================
 
 The ``pipetaskInit`` job is not a bundle: the run is initialized in the DBB here, as
@@ -28,11 +31,13 @@ is dropped.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
 import uuid
 from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -82,7 +87,10 @@ class PilotWorkflow(BaseWmsWorkflow):
         out_dir.mkdir(parents=True, exist_ok=True)
         write_excluded(out_dir, prepared.excluded)
         workflow_id = bundle_prefix(generic_workflow.name)
-        bundles = _bundles_of_jobs(generic_workflow, prepared, workflow_id)
+        labels = {
+            label for name in generic_workflow for label in generic_workflow.get_job(name).quanta_counts
+        }
+        bundles = _bundles_of_jobs(generic_workflow, prepared, workflow_id, activation_of(config, labels))
         paths = write_bundles(
             prepared, out_dir, [(name, plan, settings) for name, plan, settings, _ in bundles]
         )
@@ -139,7 +147,7 @@ def _exclusions(config: BpsConfig, generic_workflow: GenericWorkflow) -> dict[st
 
 
 def _bundles_of_jobs(
-    generic_workflow: GenericWorkflow, prepared: PreparedGraph, workflow_id: str
+    generic_workflow: GenericWorkflow, prepared: PreparedGraph, workflow_id: str, activation: Activation
 ) -> list[tuple[str, BundlePlan, BundleSettings, str]]:
     """``(bundle name, plan, settings, job label)`` per job with quanta left, parents first."""
     kept = set(prepared.xgraph)
@@ -155,7 +163,8 @@ def _bundles_of_jobs(
             continue
         parents = {index_of[p] for p in generic_workflow.predecessors(name) if p in index_of}
         index_of[name] = len(out)
-        out.append((_bundle_name(workflow_id, name), BundlePlan(ids, parents), _settings(job), job.label))
+        settings = _settings(job, activation)
+        out.append((_bundle_name(workflow_id, name), BundlePlan(ids, parents), settings, job.label))
     return out
 
 
@@ -174,7 +183,24 @@ def _bundle_name(workflow_id: str, job_name: str) -> str:
     return f"{name[:115]}-{digest}"
 
 
-def _settings(job: GenericWorkflowJob) -> BundleSettings:
+@dataclasses.dataclass(frozen=True)
+class Activation:
+    """How the workflow's quanta run: ``pilotActivator`` per task label, and its settings."""
+
+    by_label: dict[str, str] = dataclasses.field(default_factory=dict)
+    settings: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    local_repo: str = "qbb"
+
+
+def activation_of(config: BpsConfig, labels: Iterable[str]) -> Activation:
+    """``pipetask.<label>.pilotActivator``, ``pilotActivatorSettings`` and ``pilotLocalRepo``."""
+    by_label = {label: name for label in sorted(labels) if (name := _search(config, "pilotActivator", label))}
+    settings = _search(config, "pilotActivatorSettings")
+    as_dict = settings.toDict() if hasattr(settings, "toDict") else dict(settings or {})
+    return Activation(by_label, as_dict, _search(config, "pilotLocalRepo") or "qbb")
+
+
+def _settings(job: GenericWorkflowJob, activation: Activation = Activation()) -> BundleSettings:
     cores = max(1, int(job.request_cpus or 1))
     memory = int(job.request_memory) if job.request_memory else None
     walltime = float(job.request_walltime) * 60 if job.request_walltime else None
@@ -186,6 +212,11 @@ def _settings(job: GenericWorkflowJob) -> BundleSettings:
             memory_per_worker=f"{memory // cores}MiB" if memory else None,
             retries=1 if job.number_of_retries is None else int(job.number_of_retries),
             memory_multiplier=multiplier if multiplier and multiplier > 1 else 2.0,
+            activators_by_label={
+                label: name for label, name in activation.by_label.items() if label in job.quanta_counts
+            },
+            activator_settings=activation.settings,
+            local_repo=activation.local_repo,  # type: ignore[arg-type]
         ),
         resources=ResourceEstimate(
             cores=cores,
