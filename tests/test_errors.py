@@ -149,7 +149,7 @@ def test_unknown_plugins_raise_one_class() -> None:
         stagers.registry.stager_for(ResourcePath("gs://dbb/repo/"))
     assert type(activator.value) is type(stager.value) is PluginNotFound
     assert isinstance(activator.value, ConfigError) and activator.value.exit_code == ExitCode.CONFIG_ERROR
-    assert "unknown activator 'teleport'; installed: in-process" in str(activator.value)
+    assert "unknown activator 'teleport'; installed: container, exec, in-process" in str(activator.value)
     assert "no stager for 'gs' URIs" in str(stager.value)
 
 
