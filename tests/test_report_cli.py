@@ -7,6 +7,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
@@ -99,3 +100,34 @@ def test_run_shows_progress_only_on_a_terminal(tmp_path: Path) -> None:
     assert "calibrate" in shown.split("[execute", 1)[1], shown
     quiet = _run_shown(tmp_path / "pipe", bundle, tty=False)
     assert "\x1b[K" not in quiet and "[execute" not in quiet, quiet
+
+
+def test_each_quantum_counts_once_across_attempts() -> None:
+    from datetime import UTC, datetime
+
+    from pilot.monitor.campaign import CampaignBuilder
+    from pilot.report import BundleReport, QuantumResult, TransferStats
+
+    a, b, c = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+
+    def report(bundle_id: str, statuses: dict[uuid.UUID, str]) -> BundleReport:
+        quanta = [
+            QuantumResult(quantum_id=q, task_label="t", data_id={"detector": i}, status=s, exception_type="E")  # type: ignore[arg-type]
+            for i, (q, s) in enumerate(statuses.items())
+        ]
+        now = datetime.now(UTC)
+        return BundleReport(
+            bundle_id=bundle_id, output_run="run", status="partial", exit_code=1, counts={}, tasks={},
+            started_at=now, ended_at=now, wall_seconds=0, host="h", platform="p", python="3",
+            software={}, workspace="w", stage_in=TransferStats(), quanta=quanta,
+        )  # fmt: skip
+
+    builder = CampaignBuilder("test")
+    builder.add_report(report("b-r1", {a: "succeeded", b: "failed"}), "2")  # the retry, committed later
+    builder.add_report(report("b", {a: "failed", b: "failed", c: "failed"}), "1")
+    builder.add_pending("b-r2", "queued", {c: "t"})
+    built = builder.build()
+    assert built.tasks["t"].model_dump() == {
+        "succeeded": 1, "failed": 1, "blocked": 0, "not_run": 0, "running": 0, "queued": 1,
+    }  # fmt: skip
+    assert [(f.quantum_id, f.bundle_id) for f in built.failed] == [(b, "b-r1")]
