@@ -240,6 +240,7 @@ def run(
     overrides = {name: value for name, value in limits.items() if value is not None}
     worst = 0
     try:
+        from .monitor.progress import LiveLine, Tracker
         from .runner import run_bundle
         from .workspace import pilot_area
 
@@ -249,6 +250,7 @@ def run(
                 if stop.reason is not None:  # bundles left unrun
                     worst = max(worst, ExitCode.INTERRUPTED)
                     break
+                live = LiveLine(Tracker(Path(path).stem, (lambda: pool.running) if pool else (lambda: 0)))
                 try:
                     outcome = run_bundle(
                         path,
@@ -259,11 +261,15 @@ def run(
                         site=slot.site,
                         slot_memory_mb=slot.memory_mb,
                         overrides=overrides,
+                        on_quantum=live.on_quantum,
+                        on_phase=live.on_phase,
                     )
                 except PilotError as err:
+                    live.close()
                     click.echo(error_line(_naming(path, str(err))), err=True)
                     worst = max(worst, err.exit_code)
                     continue
+                live.close()
                 _print_outcome(outcome)
                 worst = max(worst, outcome.report.exit_code)
     finally:
@@ -547,6 +553,57 @@ def start(
         f"{summary.quanta_succeeded} quanta succeeded, {summary.quanta_failed} failed"
     )
     sys.exit(int(summary.exit_code))
+
+
+@main.command("report", epilog=EXIT_CODE_HELP)
+@click.option(
+    "--scheduler",
+    "scheduler_url",
+    envvar="PILOT_SCHEDULER_URL",
+    default=None,
+    help="Ask this running scheduler (env PILOT_SCHEDULER_URL).",
+)
+@click.option(
+    "--token-file",
+    envvar="PILOT_TOKEN_FILE",
+    default=None,
+    help="File holding the scheduler bearer token (env PILOT_TOKEN_FILE).",
+)
+@click.option("--staging", default=None, help="Offline: read the committed reports of this staging area.")
+@click.option("--repo", default=None, help="Offline: read <repo>/pilot-staging (the DBB's default area).")
+@click.option("--bundles", "show_bundles", is_flag=True, help="Also list each bundle.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (report-response schema).")
+def report_command(
+    scheduler_url: str | None,
+    token_file: str | None,
+    staging: str | None,
+    repo: str | None,
+    show_bundles: bool,
+    as_json: bool,
+) -> None:
+    """The campaign per task label: succeeded, failed, blocked, running, queued; the failed quanta.
+
+    Online from a running scheduler, or offline (--staging or --repo, these win) from the
+    committed report.json files of a staging area, which know nothing of queued or running work.
+    """
+    from .monitor.campaign import format_report
+
+    if staging or repo:
+        from .monitor.campaign import from_staging
+        from .staging.area import staging_root
+
+        report = from_staging(staging_root(repo or "", staging))
+    elif scheduler_url:
+        from .glidein.client import SchedulerClient, token_from
+
+        client = SchedulerClient(scheduler_url, token_from(token_file))
+        try:
+            report = client.campaign_report().model_copy(update={"source": scheduler_url})
+        finally:
+            client.close()
+    else:
+        raise click.UsageError("give --scheduler (or PILOT_SCHEDULER_URL), --staging or --repo")
+    click.echo(report.model_dump_json(indent=2) if as_json else format_report(report, show_bundles))
 
 
 @main.command("run-qbb")

@@ -233,6 +233,63 @@ class WorkflowList(_Message):
     workflows: list[WorkflowStatus]
 
 
+class TaskCounts(_Message):
+    """Quanta of one task label by state (words as ``pipetask report``'s where it has them)."""
+
+    succeeded: int = 0
+    failed: int = 0
+    blocked: int = pydantic.Field(default=0, description="Not run: an upstream quantum failed.")
+    not_run: int = pydantic.Field(default=0, description="In a committed report but not run (interrupted).")
+    running: int = pydantic.Field(default=0, description="In a bundle a pilot holds a lease on.")
+    queued: int = pydantic.Field(default=0, description="In a queued bundle (also those waiting upstream).")
+
+
+class LogDataset(_Message):
+    """Where a quantum's log is: the ``<label>_log`` dataset of its data ID in its run."""
+
+    dataset_type: str
+    data_id: dict[str, int | str | None]
+    run: str
+
+
+class FailedQuantum(_Message):
+    """A quantum whose latest committed attempt failed."""
+
+    task_label: str
+    data_id: dict[str, int | str | None]
+    quantum_id: uuid.UUID
+    bundle_id: str
+    exception_type: str | None = None
+    exception_message: str | None = None
+    attempts: int = pydantic.Field(default=1, description="Attempts in its last bundle, this one included.")
+    log: LogDataset
+
+
+class BundleSummary(_Message):
+    """One bundle: its committed report's status and counts, or its queue state."""
+
+    bundle_id: str
+    state: str = pydantic.Field(
+        description="Report status (succeeded, partial, failed, interrupted), or "
+        "queued / running for a bundle without a finished report."
+    )
+    host: str | None = None
+    counts: dict[str, int] = pydantic.Field(description="Quanta by state.")
+
+
+class CampaignReport(_Message):
+    """``GET /v1/report`` and ``pilot report --json``: the campaign per task label.
+
+    Each quantum counts once: a success in any committed report wins; otherwise its latest
+    committed report; a quantum of a queued or running bundle counts as such (online only).
+    """
+
+    source: str = pydantic.Field(description="The scheduler URL or staging area read.")
+    tasks: dict[str, TaskCounts]
+    bundles: list[BundleSummary]
+    failed: list[FailedQuantum]
+
+
 class ErrorResponse(_Message):
     """Body of every 4xx/5xx answer."""
 
@@ -251,6 +308,7 @@ MESSAGES: dict[str, type[pydantic.BaseModel]] = {
     "workflow-submit-request": WorkflowSubmit,
     "workflow-status-response": WorkflowStatus,
     "workflow-list-response": WorkflowList,
+    "report-response": CampaignReport,
     "error-response": ErrorResponse,
 }
 

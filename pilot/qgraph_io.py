@@ -93,6 +93,24 @@ def load_bundle_graph(uri: ResourcePath, quantum_ids: Collection[uuid.UUID] | No
         raise BundleError(f"cannot read quantum graph {shown(uri)}: {type(err).__name__}: {err}") from None
 
 
+def task_labels(uri: ResourcePath) -> dict[uuid.UUID, str]:
+    """The task label of every quantum in the graph at ``uri`` (its thin graph only).
+
+    Raises
+    ------
+    BundleError
+        The file is missing or unreadable.
+    """
+    _require_graph_file(uri)
+    try:
+        with PredictedQuantumGraph.open(uri) as reader:
+            reader.read_thin_graph()
+            quanta = reader.components.thin_graph.quanta
+            return {thin.quantum_id: label for label, items in quanta.items() for thin in items}
+    except Exception as err:
+        raise BundleError(f"cannot read quantum graph {shown(uri)}: {type(err).__name__}: {err}") from None
+
+
 def _require_graph_file(uri: ResourcePath) -> None:
     if uri.getExtension() != ".qg":
         raise BundleError(f"quantum graph {shown(uri)} must be a '.qg' file")

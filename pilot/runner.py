@@ -71,6 +71,7 @@ def run_bundle(
     on_quantum: Callable[[QuantumResult], None] | None = None,
     on_retry: Callable[[QuantumResult], None] | None = None,
     overrides: Mapping[str, Any] | None = None,
+    on_phase: Callable[[str], None] | None = None,
 ) -> RunOutcome:
     """Validate, stage in, execute, stage out and report one bundle.
 
@@ -81,7 +82,8 @@ def run_bundle(
     such a journal (resuming after a failed stage-out, say).  ``stop`` ends the run
     early, with its grace period for running quanta.  ``on_quantum`` sees each
     quantum's result as it finishes (progress for heartbeats), ``on_retry`` each failed
-    attempt that runs again.  ``slot_memory_mb`` bounds
+    attempt that runs again, ``on_phase`` each phase as it begins (stage-in, execute,
+    stage-out).  ``slot_memory_mb`` bounds
     the memory of in-job retries after memory failures.  ``overrides`` replace
     fields of the bundle's ``execution`` (the command line wins over the bundle).
 
@@ -96,6 +98,8 @@ def run_bundle(
     stop = stop if stop is not None else StopRequest()
     job = _prepare(bundle_path, area, resume, overrides or {})
     clock.mark("load")
+    phase = on_phase or (lambda _: None)
+    phase("stage-in")
     inputs = _stage_in(job)
     clock.mark("stage_in")
     plan = _plan(job, inputs)
@@ -106,11 +110,13 @@ def run_bundle(
     stage = _open_stage_out(job)
     try:
         hooks = _Hooks(on_quantum, on_retry)
+        phase("execute")
         execution = _execute(job, plan, inputs, pool, stop, hooks, stage, slot_memory_mb)
         clock.mark("execute")
         results, staged, error = _final_results(job, plan, execution, stage)
         processes = 0 if isinstance(pool, InProcessPool) else pool.size
         facts = _Facts(job, plan, inputs, execution, results, processes)
+        phase("stage-out")
         stage_out_record, error = _stage_out(facts, stage, staged, site, clock, error)
     finally:
         if stage is not None:

@@ -9,7 +9,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 CODE = [path for package in ("pilot", "activators", "stagers") for path in (ROOT / package).rglob("*.py")]
-WINGS = ("executor", "staging", "central", "glidein", "scheduler", "demo", "bps")
+WINGS = ("executor", "staging", "central", "glidein", "scheduler", "demo", "bps", "monitor")
 
 
 def _functions(path: Path) -> list[tuple[str, int]]:

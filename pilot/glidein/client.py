@@ -15,6 +15,7 @@ from urllib3.util.retry import Retry
 
 from ..errors import ConfigError, LeaseGone, SchedulerAuthError, SchedulerRejected, SchedulerUnreachable
 from ..protocol import (
+    CampaignReport,
     ClaimRequest,
     ClaimResponse,
     FinishResponse,
@@ -120,6 +121,9 @@ class SchedulerClient:
 
     def status(self) -> StatusResponse:
         return StatusResponse.model_validate(self._call("GET", "/v1/status", None))
+
+    def campaign_report(self) -> CampaignReport:
+        return CampaignReport.model_validate(self._call("GET", "/v1/report", None))
 
     def submit_workflow(self, submit: WorkflowSubmit) -> WorkflowStatus:
         """Queue a workflow's bundles (idempotent)."""

@@ -31,6 +31,7 @@ from ..executor.watchdog import TIMEOUT
 from ..executor.worker_pool import WorkerPool
 from ..exit_codes import ExitCode
 from ..interruption import StopRequest
+from ..monitor.progress import Tracker
 from ..protocol import Heartbeat, Lease, Release, Report
 from ..protocol import Slot as SlotMessage
 from ..report import BundleReport, QuantumResult
@@ -85,14 +86,16 @@ class _Progress:
     in the pilot's own process (``--processes 0``) it is not known and sent as 0.
     """
 
-    def __init__(self, running: Callable[[], int]) -> None:
+    def __init__(self, running: Callable[[], int], bundle_id: str = "") -> None:
         self._lock = threading.Lock()
         self._running = running
+        self.tracker = Tracker(bundle_id, running)  # the line logged at each heartbeat
         self.done: list[uuid.UUID] = []
         self.failed = 0
         self.timed_out: list[str] = []
 
     def add(self, result: QuantumResult) -> None:
+        self.tracker.add(result)
         with self._lock:
             if result.status == "succeeded":
                 self.done.append(result.quantum_id)
@@ -145,6 +148,7 @@ class _Heartbeats(threading.Thread):
                 self.stop_run.request("the slot reaches its end of life")
             try:
                 self.client.heartbeat(self.lease_id, self.progress.heartbeat())
+                _LOG.info("Progress: %s", self.progress.tracker.line())
             except LeaseGone as err:
                 _LOG.warning("Lease %s is gone (%s); stopping its bundle.", self.lease_id, err)
                 self.lost = True
@@ -317,7 +321,8 @@ class _Pilot:
     def _run(self, claimed: _Claimed) -> _Ran:
         """Run the bundle on the pool sized for it, heartbeating its lease meanwhile."""
         pool = self.pool
-        progress = _Progress(running=(lambda: pool.running) if pool is not None else (lambda: 0))
+        running = (lambda: pool.running) if pool is not None else (lambda: 0)
+        progress = _Progress(running, claimed.bundle.bundle_id)
         beats = _Heartbeats(
             self.client,
             claimed.lease.lease_id,
@@ -340,6 +345,7 @@ class _Pilot:
                 slot_memory_mb=self.slot.memory_mb,
                 on_quantum=progress.add,
                 on_retry=progress.add_retry,
+                on_phase=progress.tracker.set_phase,
             ).report
         except PilotError as err:
             failure = err

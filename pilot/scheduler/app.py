@@ -73,6 +73,9 @@ class SchedulerApp:
             if path == "/v1/status":
                 _expect(method, "GET")
                 return 200, scheduler.status()
+            if path == "/v1/report":
+                _expect(method, "GET")
+                return 200, scheduler.report()
             if path == "/v1/claim":
                 _expect(method, "POST")
                 return 200, scheduler.claim(_body(environ, ClaimRequest))

@@ -19,7 +19,9 @@ from lsst.resources import ResourcePath
 
 from ..bundle_model import Bundle, load_bundle
 from ..errors import PilotError
+from ..monitor.campaign import CampaignBuilder, PendingState, committed_report
 from ..protocol import (
+    CampaignReport,
     ClaimRequest,
     ClaimResponse,
     FinishResponse,
@@ -33,6 +35,8 @@ from ..protocol import (
     WorkflowStatus,
     WorkflowSubmit,
 )
+from ..qgraph_io import task_labels
+from ..report import BundleReport
 from ..staging import area
 from .errors import LeaseGone, RequestError
 from .fit import estimated_seconds
@@ -78,6 +82,8 @@ class Scheduler:
         self._bundles: dict[str, Bundle] = {}
         self._sweeping = threading.Lock()
         self.workflows = WorkflowBook(store)
+        self._labels: dict[str, dict[uuid.UUID, str]] = {}  # quantum graph URI: its task labels
+        self._reports: dict[str, tuple[BundleReport, str] | None] = {}  # finished bundle: its report
         self.on_staged: list[Callable[[str], None]] = []  # called with each newly staged bundle
 
     def bundle(self, path: str) -> Bundle:
@@ -200,6 +206,41 @@ class Scheduler:
 
     def status(self) -> StatusResponse:
         return self.store.status()
+
+    def report(self) -> CampaignReport:
+        """The campaign per task label: committed reports of finished bundles, quanta of the others."""
+        builder = CampaignBuilder("pilot serve")
+        for bundle_id, path, state in self.store.bundle_states():
+            if state in ("queued", "running"):
+                bundle = self.bundle(path)
+                labels = self._task_labels(bundle.qgraph_uri(ResourcePath(path)))
+                pending: PendingState = "queued" if state == "queued" else "running"
+                builder.add_pending(bundle_id, pending, {q: labels[q] for q in bundle.quantum_ids})
+            elif (found := self._finished_report(bundle_id)) is not None:
+                builder.add_report(*found)
+        return builder.build()
+
+    def _task_labels(self, qgraph: ResourcePath) -> dict[uuid.UUID, str]:
+        if (labels := self._labels.get(str(qgraph))) is None:
+            labels = self._labels[str(qgraph)] = task_labels(qgraph)
+        return labels
+
+    def _finished_report(self, bundle_id: str) -> tuple[BundleReport, str] | None:
+        """A finished bundle's committed report and commit time (read once: it no longer changes)."""
+        if bundle_id not in self._reports:
+            directory = self.staging_dir(bundle_id)
+            try:
+                manifest = area.committed_manifest(directory)
+                found = (
+                    None
+                    if manifest is None
+                    else (committed_report(directory, manifest), manifest.committed_at)
+                )
+            except Exception as err:  # unreadable: not counted, and tried again next time
+                _LOG.warning("Cannot read the committed report in %s: %s", directory, err)
+                return None
+            self._reports[bundle_id] = found
+        return self._reports[bundle_id]
 
     def _plan(self, row: BundleRow, bundle: Bundle, end: _Ended, now: float, lease_id: str) -> FinishPlan:
         unfinished = {q for q in bundle.quantum_ids if q not in end.succeeded and q not in end.failed}

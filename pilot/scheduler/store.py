@@ -340,6 +340,12 @@ class QueueStore:
             )
             return list(conn.execute(query).scalars())
 
+    def bundle_states(self) -> list[tuple[str, str, str]]:
+        """``(bundle_id, path, state)`` of every bundle, in queue order."""
+        with self.connect() as conn:
+            query = sa.select(bundles.c.bundle_id, bundles.c.path, bundles.c.state).order_by(bundles.c.seq)
+            return [(row.bundle_id, row.path, row.state) for row in conn.execute(query)]
+
     def set_ingest(self, bundle_id: str, state: Literal["done", "failed"]) -> None:
         with self.tx() as conn:
             conn.execute(bundles.update().where(bundles.c.bundle_id == bundle_id).values(ingest=state))

@@ -1,0 +1,1 @@
+"""Watching a campaign: ``pilot report`` per task label, and live progress of a running pilot."""
