@@ -10,6 +10,7 @@ import hmac
 import json
 import logging
 import re
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -24,7 +25,9 @@ from ..protocol import (
     Report,
     WorkflowSubmit,
 )
+from .dashboard import WebViews, reason
 from .errors import RequestError
+from .metrics import route_of
 from .service import Scheduler
 
 _LOG = logging.getLogger(__name__)
@@ -52,8 +55,27 @@ class SchedulerApp:
     def __init__(self, scheduler: Scheduler, token: str) -> None:
         self._scheduler = scheduler
         self._token = f"Bearer {token}".encode()
+        self.web = WebViews(scheduler, token)  # /metrics and /dashboard
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        started = time.perf_counter()
+        route = route_of(environ["REQUEST_METHOD"], environ.get("PATH_INFO", ""))
+        answered: list[str] = ["500"]
+
+        def respond(status: str, headers: list[tuple[str, str]]) -> Any:
+            answered[0] = status.split(" ", 1)[0]
+            return start_response(status, headers)
+
+        try:
+            if route in ("metrics", "dashboard"):
+                code, extra, page = self.web.answer(environ, route)
+                respond(reason(code), [*extra, ("Content-Length", str(len(page)))])
+                return [page]
+            return self._api(environ, respond)
+        finally:
+            self.web.metrics.observe(route, int(answered[0]), started)
+
+    def _api(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         status, body = self._dispatch(environ)
         payload = body.model_dump_json(exclude_none=isinstance(body, ClaimResponse)).encode()
         headers = [("Content-Type", "application/json"), ("Content-Length", str(len(payload)))]
