@@ -11,7 +11,9 @@ import uuid
 from pathlib import Path
 
 import pytest
+import requests
 from conftest import FAILING_CHAIN, TOKEN, make_campaign, pilot, serve, wait_for
+from prometheus_client.parser import text_string_to_metric_families
 from test_glidein import _finish, _start
 
 from pilot.glidein.client import SchedulerClient
@@ -54,6 +56,18 @@ def test_report_offline_and_online_agree(tmp_path: Path) -> None:
         wait_for(finished, "every bundle finished")
         online = _report_json("--scheduler", url, "--token-file", token)
         text = pilot("report", "--scheduler", url, "--token-file", token, "--bundles")
+        metrics = requests.get(f"{url}/metrics", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30)
+    # /metrics counts the campaign per task as the report does.
+    per_task = {
+        (sample.labels["task"], sample.labels["state"]): sample.value
+        for family in text_string_to_metric_families(metrics.text)
+        if family.name == "pilot_task_quanta"
+        for sample in family.samples
+    }
+    assert {
+        task: {state: int(per_task[task, state]) for state in counts}
+        for task, counts in online["tasks"].items()
+    } == online["tasks"]
     offline = _report_json("--repo", camp.repo)
     assert offline["tasks"] == EXPECTED
     assert online["tasks"] == offline["tasks"]
