@@ -73,7 +73,8 @@ class Metrics:
 
 
 class TaskCollector(Collector):
-    """``pilot_task_quanta{task,state}``: the campaign per task label, as ``GET /v1/report`` counts it."""
+    """``pilot_task_quanta{task,state}`` (the campaign per task label, as ``GET /v1/report`` counts
+    it) and the bytes and files finished bundles staged out."""
 
     def __init__(self, scheduler: Scheduler) -> None:
         self._scheduler = scheduler
@@ -96,6 +97,13 @@ class TaskCollector(Collector):
             for state, value in counts.model_dump().items():
                 family.add_metric([task, state], value)
         yield family
+        files, size = self._scheduler.staged_bytes()
+        yield CounterMetricFamily(
+            "pilot_staged_bytes",
+            "Bytes staged out by finished bundles (their committed reports).",
+            value=size,
+        )
+        yield CounterMetricFamily("pilot_staged_files", "Files staged out by finished bundles.", value=files)
 
 
 class QueueCollector(Collector):

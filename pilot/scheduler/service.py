@@ -220,6 +220,14 @@ class Scheduler:
                 builder.add_report(*found)
         return builder.build()
 
+    def staged_bytes(self) -> tuple[int, int]:
+        """``(files, bytes)`` staged out by the finished bundles whose committed reports `report` read."""
+        records = [found[0].stage_out for found in self._reports.values() if found is not None]
+        return (
+            sum(r.transfer.files for r in records if r is not None),
+            sum(r.transfer.bytes for r in records if r is not None),
+        )
+
     def _task_labels(self, qgraph: ResourcePath) -> dict[uuid.UUID, str]:
         if (labels := self._labels.get(str(qgraph))) is None:
             labels = self._labels[str(qgraph)] = task_labels(qgraph)
