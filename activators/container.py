@@ -188,6 +188,10 @@ class ContainerActivator(Activator):
         token = os.environ.get(TOKEN_VARIABLE, "")
         if token.startswith("/") and os.path.isfile(token):
             ro.append((token, token, True))
+        if self.runtime == "bwrap" and (self.rootfs or "/") == "/":
+            # The host's own root is bound read-only, but /tmp is a fresh tmpfs: bind back what
+            # the child needs from the host, which may live under /tmp (a CI checkout and its venv).
+            ro += [(p, p, True) for p in _interpreter_paths()]
         binds = rw + ro + [_parse_bind(b) for b in self.binds]
         inner = [self.python, "-m", "activators.container", str(spec_path)]
         passed = [name for name in _PASSED_VARIABLES if name in os.environ]
@@ -220,6 +224,18 @@ def _local_path(uri: str) -> Path | None:
     if uri.startswith("file://"):
         uri = uri[len("file://") :]
     return Path(uri) if uri.startswith("/") else None
+
+
+def _interpreter_paths() -> list[str]:
+    """The interpreter's environment, this checkout and ``PYTHONPATH``: what the child imports from."""
+    checkout = Path(__file__).resolve().parents[1]
+    candidates = [
+        sys.prefix,
+        sys.base_prefix,
+        str(checkout),
+        *os.environ.get("PYTHONPATH", "").split(os.pathsep),
+    ]
+    return list(dict.fromkeys(str(Path(p).resolve()) for p in candidates if p and Path(p).exists()))
 
 
 def _parse_bind(bind: str) -> tuple[str, str, bool]:
