@@ -160,11 +160,15 @@ class Scheduler:
             raise RequestError(f"quantum {min(map(str, unknown))} is not in bundle {bundle.bundle_id}")
         if succeeded & failed:
             raise RequestError(f"quantum {min(map(str, succeeded & failed))} is both succeeded and failed")
-        staged = message.staged
-        if staged and not is_committed(self.staging_dir(bundle.bundle_id)):
-            _LOG.warning("Bundle %s reported staged, but no manifest is committed.", bundle.bundle_id)
-            staged = False
-        outcome = committed_outcome(self.staging_dir(bundle.bundle_id)) if staged else None
+        outcome, staged = None, False
+        if message.staged:
+            # One read of the manifest and report in the usual case; a manifest whose report
+            # cannot be read still counts as staged (it is ingested), with no outcome to go by.
+            directory = self.staging_dir(bundle.bundle_id)
+            outcome = committed_outcome(directory)
+            staged = outcome is not None or is_committed(directory)
+            if not staged:
+                _LOG.warning("Bundle %s reported staged, but no manifest is committed.", bundle.bundle_id)
         exit_code = message.exit_code if isinstance(message, Report) else None
         end = _Ended(succeeded, failed, staged, outcome, kind, exit_code)
         plan = self._plan(view.bundle, bundle, end, now, lease_id)
@@ -264,20 +268,7 @@ class Scheduler:
         left_failed = len(end.failed) - len(decision.retried)
         remainder = None
         if requeued:
-            new_id = remainder_id(row.root, row.generation + 1)
-            rest = make_remainder(
-                bundle, ResourcePath(row.path), new_id, requeued, end.staged, decision.memory_factor
-            )
-            path = str(write_remainder(rest, self._remainder_dir))
-            self._bundles[path] = rest
-            remainder = dataclasses.replace(
-                self.row_for(rest, path),
-                root=row.root,
-                generation=row.generation + 1,
-                attempts=attempts,
-                workflow_id=row.workflow_id,
-                label=row.label,
-            )
+            remainder = self._remainder(row, bundle, requeued, end.staged, attempts, decision.memory_factor)
         result = FinishResponse(
             bundle_id=bundle.bundle_id,
             state="failed" if left_failed or abandoned else "done",
@@ -289,6 +280,29 @@ class Scheduler:
         )
         return FinishPlan(
             lease_id, bundle.bundle_id, end.kind, now, end.staged, result, remainder, end.exit_code
+        )
+
+    def _remainder(
+        self,
+        row: BundleRow,
+        bundle: Bundle,
+        quanta: list[uuid.UUID],
+        staged: bool,
+        attempts: int = 0,
+        memory_factor: float = 1.0,
+    ) -> BundleRow:
+        """Write the next remainder of ``row``'s job, holding ``quanta``; return its queue row."""
+        new_id = remainder_id(row.root, row.generation + 1)
+        rest = make_remainder(bundle, ResourcePath(row.path), new_id, quanta, staged, memory_factor)
+        path = str(write_remainder(rest, self._remainder_dir))
+        self._bundles[path] = rest
+        return dataclasses.replace(
+            self.row_for(rest, path),
+            root=row.root,
+            generation=row.generation + 1,
+            attempts=attempts,
+            workflow_id=row.workflow_id,
+            label=row.label,
         )
 
     def _after(self, plan: FinishPlan, result: FinishResponse) -> None:
@@ -337,18 +351,9 @@ class Scheduler:
             outcome = committed_outcome(self.staging_dir(row.bundle_id)) if staged else None
             done = outcome.succeeded if outcome else frozenset()
             redo = [q for q in bundle.quantum_ids if q not in done]
-            new_id = remainder_id(row.root, row.generation + 1)
-            rest = make_remainder(bundle, ResourcePath(row.path), new_id, redo, outcome is not None)
-            path = str(write_remainder(rest, self._remainder_dir))
-            self._bundles[path] = rest
-            new_row = dataclasses.replace(
-                self.row_for(rest, path),
-                root=row.root,
-                generation=row.generation + 1,
-                workflow_id=workflow_id,
-                label=row.label,
+            retries.append(
+                (row, self._remainder(row, bundle, redo, outcome is not None), outcome is not None)
             )
-            retries.append((row, new_row, outcome is not None))
         self.workflows.requeue(workflow_id, retries)
         quanta = sum(rest.n_quanta for _, rest, _ in retries)
         _LOG.info("Workflow %s restarted: %d jobs, %d quanta re-queued.", workflow_id, len(retries), quanta)
