@@ -30,7 +30,7 @@ from conftest import (
 )
 from test_bps_submit import _submit as stock_submit
 
-from pilot.bps.local_submit import MockTask, pipeline_yaml
+from pilot.bps.local_submit import MockTask, Submission, pipeline_yaml, submit_yaml
 from pilot.glidein.client import SchedulerClient
 
 SERVICE = "pilot.bps.PilotService"
@@ -52,28 +52,19 @@ def _submit_yaml(directory: Path, url: str, token: Path, wf: Workflow) -> Path:
     """Write ``directory/submit.yaml``: the workflow, clustered one job per detector, to PilotService."""
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / "submit.yaml"
-    path.write_text(
-        f"""\
-pipelineYaml: {wf.pipeline}
-wmsServiceClass: {SERVICE}
-pilotScheduler: {url}
-pilotTokenFile: {token}
-operator: tester
-payload:
-  payloadName: {wf.output}
-  butlerConfig: {wf.repo}
-  inCollection: {wf.in_collection}
-  dataQuery: ""
-  output: {wf.output}
-  outputRun: {wf.output}/run
-submitPath: {directory / "submit"}
-clusterAlgorithm: lsst.ctrl.bps.quantum_clustering_funcs.dimension_clustering
-cluster:
-  chain:
-    pipetasks: {",".join(wf.labels)}
-    dimensions: detector
-{wf.extra}"""
+    submission = Submission(
+        pipeline=str(wf.pipeline),
+        butler=str(wf.repo),
+        in_collection=wf.in_collection,
+        output=wf.output,
+        labels=wf.labels,
+        output_run=f"{wf.output}/run",
+        submit_path=str(directory / "submit"),
+        pilot_scheduler=url,
+        pilot_token_file=str(token),
+        extra=wf.extra,
     )
+    path.write_text(submit_yaml(submission))
     return path
 
 

@@ -93,6 +93,8 @@ class Submission:
     """A ``pilot serve`` URL: submit to ``pilot.bps.PilotService`` there instead of Parsl."""
     pilot_token_file: str = ""
     """That scheduler's token file (with ``pilot_scheduler``)."""
+    extra: str = ""
+    """More submit YAML, appended as it is (scoped values such as ``pipetask.<label>.requestMemory``)."""
 
 
 def _cluster_yaml(sub: Submission) -> str:
@@ -163,7 +165,7 @@ submitPath: {json.dumps(sub.submit_path)}
 {run_quantum}finalJob:
   requestCpus: 1
   command1: {json.dumps(FINAL_JOB)}
-"""
+{sub.extra}"""
 
 
 def bps_submit(submit: Path, cwd: Path, timeout: float = 900) -> subprocess.CompletedProcess[str]:
