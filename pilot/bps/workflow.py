@@ -80,16 +80,16 @@ class PilotWorkflow(BaseWmsWorkflow):
         workflow.service_class = service_class
         workflow.submit_path = out_prefix
         qgraph = _workflow_qgraph(generic_workflow)
-        exclude = _exclusions(config, generic_workflow)
+        labels = {
+            label for name in generic_workflow for label in generic_workflow.get_job(name).quanta_counts
+        }
+        exclude = _exclusions(config, labels)
         staging = _search(config, "pilotStaging")
         prepared = prepare_graph(qgraph, config["butlerConfig"], staging=staging, exclude=exclude)
         out_dir = Path(out_prefix) / BUNDLE_DIR
         out_dir.mkdir(parents=True, exist_ok=True)
         write_excluded(out_dir, prepared.excluded)
         workflow_id = bundle_prefix(generic_workflow.name)
-        labels = {
-            label for name in generic_workflow for label in generic_workflow.get_job(name).quanta_counts
-        }
         bundles = _bundles_of_jobs(generic_workflow, prepared, workflow_id, activation_of(config, labels))
         paths = write_bundles(
             prepared, out_dir, [(name, plan, settings) for name, plan, settings, _ in bundles]
@@ -138,11 +138,8 @@ def _search(config: BpsConfig, key: str, label: str | None = None) -> Any:
     return value if found and value not in ("", None) else None
 
 
-def _exclusions(config: BpsConfig, generic_workflow: GenericWorkflow) -> dict[str, str]:
+def _exclusions(config: BpsConfig, labels: Iterable[str]) -> dict[str, str]:
     """``pilotExclude`` per task label, from the ``pipetask.<label>`` scope."""
-    labels = set()
-    for name in generic_workflow:
-        labels.update(generic_workflow.get_job(name).quanta_counts)
     return {label: where for label in sorted(labels) if (where := _search(config, "pilotExclude", label))}
 
 

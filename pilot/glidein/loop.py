@@ -102,15 +102,13 @@ class _Progress:
             else:
                 self.failed += 1
                 if result.exception_type == TIMEOUT:
-                    self.timed_out.append(f"{result.task_label} {result.data_id}: {result.exception_message}")
+                    self.timed_out.append(_timed_out(result))
 
     def add_retry(self, result: QuantumResult) -> None:
         """A failed attempt that runs again: only a time-out or hang is worth a heartbeat's word."""
         if result.exception_type == TIMEOUT:
             with self._lock:
-                self.timed_out.append(
-                    f"{result.task_label} {result.data_id}: {result.exception_message} (retrying)"
-                )
+                self.timed_out.append(_timed_out(result) + " (retrying)")
 
     def heartbeat(self) -> Heartbeat:
         with self._lock:
@@ -121,6 +119,11 @@ class _Progress:
                 timed_out=list(self.timed_out),
                 finished_quantum_ids=list(self.done),
             )
+
+
+def _timed_out(result: QuantumResult) -> str:
+    """How a heartbeat names a quantum failed by its time limit or as hung."""
+    return f"{result.task_label} {result.data_id}: {result.exception_message}"
 
 
 class _Heartbeats(threading.Thread):
