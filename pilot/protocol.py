@@ -41,6 +41,16 @@ class ClaimRequest(_Message):
 
     pilot_id: str = pydantic.Field(min_length=1, max_length=200, description="Unique name of the pilot.")
     slot: Slot
+    claim_key: str | None = pydantic.Field(
+        default=None,
+        min_length=1,
+        max_length=128,
+        description=(
+            "The pilot's own key for this claim (e.g. a random UUID), sent again when the claim is"
+            " retried: a claim with a key this pilot used before gets that claim's bundle and lease"
+            " back, so a lost answer never leaves a second bundle leased."
+        ),
+    )
 
 
 class Lease(_Message):

@@ -342,24 +342,34 @@ TOKEN = "s3cret-token"
 
 @contextmanager
 def serve(bundle_dir: Path, repo: Path, *args: str) -> Iterator[str]:
-    """Run ``pilot serve`` on a free loopback port; yield its URL once it listens.
+    """Run ``pilot serve`` on a free loopback port; yield its URL once it listens."""
+    with serve_process(bundle_dir, repo, *args) as (url, _):
+        yield url
 
-    Its stderr goes to ``serve.log`` next to ``bundle_dir``: a pipe nobody reads would
+
+@contextmanager
+def serve_process(
+    bundle_dir: Path, repo: Path, *args: str, log_name: str = "serve.log", log_level: str = "WARNING"
+) -> Iterator[tuple[str, subprocess.Popen[str]]]:
+    """Run ``pilot serve`` on a free loopback port; yield its URL and process once it listens.
+
+    Its stderr goes to ``log_name`` next to ``bundle_dir``: a pipe nobody reads would
     fill up and block the server's logging.
     """
     token_file = bundle_dir.parent / "token"
     token_file.write_text(TOKEN + "\n")
     port = _free_port()
-    command = [sys.executable, "-m", "pilot.cli", "serve", str(bundle_dir), "--repo", str(repo)]
-    command += ["--token-file", str(token_file), "--port", str(port), "--threads", "8", *args]
-    log_path = bundle_dir.parent / "serve.log"
+    command = [sys.executable, "-m", "pilot.cli", "--log-level", log_level, "serve", str(bundle_dir)]
+    command += ["--repo", str(repo), "--token-file", str(token_file), "--port", str(port), "--threads", "8"]
+    command += args
+    log_path = bundle_dir.parent / log_name
     with open(log_path, "w") as log:
         server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log, text=True)
     try:
         assert server.stdout is not None
         line = server.stdout.readline()  # printed once the socket is bound; nothing follows
         assert "queued" in line, log_path.read_text()
-        yield f"http://127.0.0.1:{port}"
+        yield f"http://127.0.0.1:{port}", server
     finally:
         server.terminate()
         try:

@@ -6,6 +6,7 @@ import ipaddress
 import logging
 import os
 import urllib.parse
+import uuid
 from typing import Any, Literal
 
 import pydantic
@@ -91,7 +92,7 @@ class SchedulerClient:
             status=retries,
             backoff_factor=backoff,
             status_forcelist=(500, 502, 503, 504),
-            allowed_methods=None,  # POSTs too: a repeated report is idempotent, a lost claim lapses
+            allowed_methods=None,  # POSTs too: a repeated report or keyed claim is idempotent
             raise_on_status=False,
         )
         self._session.mount("http://", HTTPAdapter(max_retries=retry))
@@ -101,8 +102,12 @@ class SchedulerClient:
         self._session.close()
 
     def claim(self, pilot_id: str, slot: Slot) -> ClaimResponse:
-        """Ask for a bundle fitting ``slot``: the answer has bundle and lease, or ``no_work``."""
-        body = ClaimRequest(pilot_id=pilot_id, slot=slot)
+        """Ask for a bundle fitting ``slot``: the answer has bundle and lease, or ``no_work``.
+
+        The claim carries a fresh key; the transport's retries resend the same body, so a
+        claim whose answer was lost on the way gets the same bundle and lease again.
+        """
+        body = ClaimRequest(pilot_id=pilot_id, slot=slot, claim_key=uuid.uuid4().hex)
         return ClaimResponse.model_validate(self._call("POST", "/v1/claim", body))
 
     def heartbeat(self, lease_id: str, progress: Heartbeat) -> HeartbeatResponse:

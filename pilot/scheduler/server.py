@@ -1,10 +1,16 @@
-"""``pilot serve``: queue a bundle directory and serve it over HTTP with cheroot."""
+"""``pilot serve``: queue a bundle directory and serve it over HTTP with cheroot.
+
+Several ``pilot serve`` processes on one PostgreSQL database (``--db``) act as one
+scheduler behind a load balancer: each answers any request, and the leading replica
+(`pilot.scheduler.leadership`) sweeps lapsed leases and ingests.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import faulthandler
 import logging
+import resource
 import signal
 import threading
 import time
@@ -15,6 +21,7 @@ from lsst.resources import ResourcePath
 
 from .app import SchedulerApp
 from .ingester import Ingester
+from .leadership import Leadership
 from .loader import load_bundle_dir
 from .service import Scheduler, Settings
 from .store import QueueStore
@@ -33,6 +40,7 @@ class ServeOptions:
     host: str = "127.0.0.1"
     port: int = 8470
     threads: int = 16
+    backlog: int = 1024  # the listen queue: a burst of a thousand pilots must not be dropped
 
 
 def serve(options: ServeOptions, settings: Settings) -> None:
@@ -44,18 +52,17 @@ def serve(options: ServeOptions, settings: Settings) -> None:
     store = QueueStore(db, pool_size=options.threads + 2)
     scheduler = Scheduler(store, ResourcePath(remainder_dir, forceDirectory=True), settings)
     added, known = load_bundle_dir(scheduler, options.bundle_dir)
-    ingester = Ingester(options.repo, store, scheduler.staging_dir)
+    leadership = Leadership(store)
+    ingester = Ingester(options.repo, store, scheduler.staging_dir, leads=leadership.held)
     scheduler.on_staged.append(ingester.submit)
-    for bundle_id in store.pending_ingests():  # staged before a restart, not yet ingested
-        ingester.submit(bundle_id)
     ingester.start()
+    ingester.submit("")  # bundles staged before a restart, not yet ingested
     stop = threading.Event()
-    sweeper = threading.Thread(target=_sweep, args=(scheduler, stop), name="lease-expiry", daemon=True)
+    sweeper = threading.Thread(
+        target=_sweep, args=(scheduler, leadership, stop), name="lease-expiry", daemon=True
+    )
     sweeper.start()
-    server = wsgi.Server((options.host, options.port), SchedulerApp(scheduler, options.token))
-    server.numthreads = options.threads
-    # Idle keep-alive clients must not hold up a shutdown (cheroot waits this long per thread).
-    server.shutdown_timeout = 1
+    server = _http_server(options, SchedulerApp(scheduler, options.token))
     server.prepare()
     host, port = server.bind_addr[:2]
     print(f"pilot serve: {added} bundles queued ({known} known) at http://{host}:{port}/v1/", flush=True)
@@ -72,7 +79,25 @@ def serve(options: ServeOptions, settings: Settings) -> None:
         stop.set()
         server.stop()
         ingester.stop()
+        leadership.release()
         store.close()
+
+
+def _http_server(options: ServeOptions, app: SchedulerApp) -> wsgi.Server:
+    """cheroot, sized for a pool of pilots that each keep one connection open."""
+    server = wsgi.Server((options.host, options.port), app)
+    server.numthreads = options.threads
+    # cheroot's defaults (a listen backlog of 5, 10 kept-alive connections) drop or close
+    # connections of a large pool: a dropped SYN costs the client a 1 s retransmit.  Idle
+    # kept-alive connections wait in cheroot's selector, not in a worker thread.
+    server.request_queue_size = options.backlog
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # a socket per pilot
+    server.keep_alive_conn_limit = max(10, min(hard, 65536) - 64)
+    # Idle keep-alive clients must not hold up a shutdown (cheroot waits this long per thread).
+    server.shutdown_timeout = 1
+    return server
 
 
 def _stop_when(signalled: threading.Event, server: wsgi.Server) -> None:
@@ -81,11 +106,12 @@ def _stop_when(signalled: threading.Event, server: wsgi.Server) -> None:
     server.stop()
 
 
-def _sweep(scheduler: Scheduler, stop: threading.Event) -> None:
-    """Expire lapsed leases even when no request comes in."""
+def _sweep(scheduler: Scheduler, leadership: Leadership, stop: threading.Event) -> None:
+    """Expire lapsed leases while this replica leads (off the requests' path)."""
     interval = max(0.2, min(5.0, scheduler.settings.lease_ttl / 4))
     while not stop.wait(interval):
         try:
-            scheduler.expire_due(time.time())
+            if leadership.held():
+                scheduler.expire_due(time.time())
         except Exception:  # keep sweeping: a database hiccup must not stop expiry for good
             _LOG.exception("Lease expiry sweep failed")

@@ -116,8 +116,9 @@ class Scheduler:
 
     def claim(self, request: ClaimRequest) -> ClaimResponse:
         now = time.time()
-        self.expire_due(now)
-        claimed = self.store.claim(request.pilot_id, request.slot, now, self.settings.lease_ttl)
+        claimed = self.store.claim(
+            request.pilot_id, request.slot, now, self.settings.lease_ttl, request.claim_key
+        )
         if claimed is None:
             return ClaimResponse(no_work=True, retry_after_s=self.settings.retry_after)
         bundle = self.bundle(claimed.path)
@@ -137,7 +138,6 @@ class Scheduler:
 
     def heartbeat(self, lease_id: str, beat: Heartbeat) -> HeartbeatResponse:
         now = time.time()
-        self.expire_due(now)
         progress = beat.model_dump_json(exclude={"finished_quantum_ids"})  # a `Progress`
         expires = self.store.heartbeat(lease_id, progress, now, self.settings.lease_ttl)
         return HeartbeatResponse(expires_at=iso(expires), ttl_s=self.settings.lease_ttl)
@@ -147,7 +147,6 @@ class Scheduler:
     ) -> FinishResponse:
         """Apply a final report or a release; a repeat gets the first answer."""
         now = time.time()
-        self.expire_due(now)
         view = self.store.lease_view(lease_id)
         if view.state == "finished" and view.result is not None:
             return view.result
@@ -178,7 +177,10 @@ class Scheduler:
         return result
 
     def expire_due(self, now: float) -> None:
-        """Expire every lapsed lease: its unfinished quanta go back to the queue."""
+        """Expire every lapsed lease: its unfinished quanta go back to the queue.
+
+        Called by the leading replica's sweeper thread, never on a request's path.
+        """
         if not self._sweeping.acquire(blocking=False):
             return  # another thread is sweeping
         try:

@@ -3,7 +3,21 @@
 Every change is one transaction.  Races are settled by conditional updates whose row
 count is checked: a bundle goes ``queued → running`` only ``WHERE state = 'queued'``,
 a lease ends only ``WHERE state = 'active'``, so two pilots never get one bundle and a
-lease is finished (reported, released or expired) exactly once.
+lease is finished (reported, released or expired) exactly once.  That holds across
+processes too: several ``pilot serve`` replicas may share one PostgreSQL database.
+
+What keeps requests fast when a thousand pilots share one scheduler:
+
+1. On PostgreSQL a claim picks its bundle ``FOR UPDATE SKIP LOCKED``: concurrent claims
+   take different bundles instead of queueing on the row lock of the first queued one
+   and then failing its conditional update one after another.
+2. On sqlite every writing transaction of this process takes one Python lock before
+   ``BEGIN IMMEDIATE``.  sqlite itself lets a blocked writer sleep in its busy handler
+   (steps of up to 100 ms) rather than wake it when the lock is free; a queue on a
+   Python lock is served in microseconds.  Readers don't take it (WAL).
+3. Inserts that may meet a concurrent twin (a pilot's first contact, a bundle queued by
+   two replicas loading one directory) are upserts, not check-then-insert.
+4. Lease expiry is not done here on the request path: `pilot.scheduler.server` sweeps.
 """
 
 from __future__ import annotations
@@ -11,17 +25,19 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import logging
+import threading
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import Any, Literal
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from typing import Any, Literal, NoReturn
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 
 from ..protocol import FinishResponse, PilotStatus, Progress, Slot, StatusResponse
 from .errors import LeaseGone, LeaseNotFound
 from .fit import fits
-from .tables import bundles, deps, leases, metadata, pilots
+from .tables import INDEXES, bundles, deps, leases, metadata, pilots
 
 _LOG = logging.getLogger(__name__)
 
@@ -111,8 +127,19 @@ class QueueStore:
     def __init__(self, url: str, pool_size: int = 16) -> None:
         self.url = url
         self._engine = _engine(url, pool_size)
+        self.dialect = self._engine.dialect.name
+        # Rule 2 of the module docstring: one writer at a time in this process on sqlite.
+        self._writer: AbstractContextManager[object] = (
+            threading.Lock() if self.dialect == "sqlite" else nullcontext()
+        )
         metadata.create_all(self._engine)
         self._add_new_columns()
+        for index in INDEXES:
+            index.create(self._engine, checkfirst=True)
+
+    @property
+    def engine(self) -> sa.Engine:
+        return self._engine
 
     def close(self) -> None:
         self._engine.dispose()
@@ -135,8 +162,13 @@ class QueueStore:
 
     @contextmanager
     def tx(self) -> Iterator[sa.Connection]:
-        with self._engine.begin() as conn:
+        """A writing transaction (``with store.tx() as conn``); not reentrant."""
+        with self._writer, self._engine.begin() as conn:
             yield conn
+
+    def _insert(self, table: sa.Table) -> Any:
+        """``INSERT`` for this database's dialect (it has ``on_conflict_do_*``)."""
+        return (postgresql.insert if self.dialect == "postgresql" else sqlite.insert)(table)
 
     def add_bundle(self, row: BundleRow, depends_on: list[str]) -> bool:
         """Queue a bundle unless it is known already; return whether it was added."""
@@ -147,49 +179,96 @@ class QueueStore:
         if conn.execute(sa.select(bundles.c.bundle_id).where(bundles.c.bundle_id == row.bundle_id)).first():
             return False
         seq = conn.execute(sa.select(sa.func.coalesce(sa.func.max(bundles.c.seq), 0))).scalar_one() + 1
-        conn.execute(
-            bundles.insert().values(
-                **dataclasses.asdict(row), seq=seq, state="queued", staged=False, ingest="none"
-            )
-        )
+        values = dataclasses.asdict(row) | {"seq": seq, "state": "queued", "staged": False, "ingest": "none"}
+        added = conn.execute(self._insert(bundles).values(**values).on_conflict_do_nothing())
+        if added.rowcount != 1:
+            return False  # another replica queued it just now
         for dep in dict.fromkeys(depends_on):
             conn.execute(deps.insert().values(bundle_id=row.bundle_id, dep_id=dep))
         return True
 
-    def claim(self, pilot_id: str, slot: Slot, now: float, ttl: float) -> Claimed | None:
-        """Lease the first queued, ready bundle that fits ``slot``; None if there is none."""
+    def claim(
+        self, pilot_id: str, slot: Slot, now: float, ttl: float, claim_key: str | None = None
+    ) -> Claimed | None:
+        """Lease the first queued, ready bundle that fits ``slot``; None if there is none.
+
+        A claim with the ``claim_key`` of an earlier claim of this pilot gets that claim's
+        lease back (whatever its state now), so a pilot that lost the answer and asks
+        again holds one bundle, not two.
+        """
+        try:
+            return self._claim(pilot_id, slot, now, ttl, claim_key)
+        except sa.exc.IntegrityError:
+            # The same retried claim reached another thread or replica at the same moment:
+            # the unique (pilot_id, claim_key) index let one of them lease; answer with that.
+            with self.connect() as conn:
+                earlier = None if claim_key is None else self._claimed_with(conn, pilot_id, claim_key)
+            if earlier is None:
+                raise
+            return earlier
+
+    def _claim(
+        self, pilot_id: str, slot: Slot, now: float, ttl: float, claim_key: str | None
+    ) -> Claimed | None:
         b = bundles
         claimable = [b.c.state == "queued", *fits(b, slot), ~self.waiting(b)]
-        query = sa.select(b.c.bundle_id, b.c.path).where(*claimable).order_by(b.c.seq).limit(8)
+        query = (
+            sa.select(b.c.bundle_id, b.c.path)
+            .where(*claimable)
+            .order_by(b.c.seq)
+            .limit(1)
+            .with_for_update(skip_locked=True, of=b)  # rule 1; sqlite ignores it (rule 2 serializes)
+        )
         with self.tx() as conn:
-            self._seen(conn, pilot_id, now)
+            if claim_key is not None and self.dialect == "postgresql":
+                # Copies of one retried claim wait for each other (on sqlite rule 2 does it):
+                # else a copy could find every bundle locked by the others and answer "no work".
+                key = sa.func.hashtextextended(f"{pilot_id}\n{claim_key}", 0)
+                conn.execute(sa.select(sa.func.pg_advisory_xact_lock(key)))
+            if claim_key is not None and (earlier := self._claimed_with(conn, pilot_id, claim_key)):
+                self._seen(conn, pilot_id, now)
+                return earlier
+            lease_id = uuid.uuid4().hex
             for _ in range(3):
-                candidates = conn.execute(query).all()
-                if not candidates:
+                candidate = conn.execute(query).first()
+                if candidate is None:
+                    self._seen(conn, pilot_id, now)
                     return None
-                for bundle_id, path in candidates:
-                    lease_id = uuid.uuid4().hex
-                    taken = conn.execute(
-                        b.update()
-                        .where(b.c.bundle_id == bundle_id, b.c.state == "queued")
-                        .values(state="running", lease_id=lease_id)
-                    )
-                    if taken.rowcount != 1:
-                        continue  # another pilot got it first
-                    conn.execute(
-                        leases.insert().values(
-                            lease_id=lease_id,
-                            bundle_id=bundle_id,
-                            pilot_id=pilot_id,
-                            state="active",
-                            expires_at=now + ttl,
-                        )
-                    )
-                    conn.execute(
-                        pilots.update().where(pilots.c.pilot_id == pilot_id).values(lease_id=lease_id)
-                    )
-                    return Claimed(bundle_id, path, lease_id, now + ttl, self._upstream(conn, bundle_id))
-        return None
+                taken = conn.execute(
+                    b.update()
+                    .where(b.c.bundle_id == candidate.bundle_id, b.c.state == "queued")
+                    .values(state="running", lease_id=lease_id)
+                )
+                if taken.rowcount == 1:
+                    break
+            else:
+                return None  # lost every race; the pilot asks again after retry_after
+            conn.execute(
+                leases.insert().values(
+                    lease_id=lease_id,
+                    bundle_id=candidate.bundle_id,
+                    pilot_id=pilot_id,
+                    state="active",
+                    expires_at=now + ttl,
+                    claim_key=claim_key,
+                )
+            )
+            self._seen(conn, pilot_id, now, lease_id=lease_id)
+            upstream = self._upstream(conn, candidate.bundle_id)
+            return Claimed(candidate.bundle_id, candidate.path, lease_id, now + ttl, upstream)
+
+    def _claimed_with(self, conn: sa.Connection, pilot_id: str, claim_key: str) -> Claimed | None:
+        """The lease an earlier claim with this key got, if any."""
+        row = conn.execute(
+            sa.select(leases.c.lease_id, leases.c.bundle_id, leases.c.expires_at, bundles.c.path)
+            .join(bundles, bundles.c.bundle_id == leases.c.bundle_id)
+            .where(leases.c.pilot_id == pilot_id, leases.c.claim_key == claim_key)
+        ).first()
+        if row is None:
+            return None
+        return Claimed(
+            row.bundle_id, row.path, row.lease_id, row.expires_at, self._upstream(conn, row.bundle_id)
+        )
 
     @staticmethod
     def waiting(b: sa.Table) -> sa.ColumnElement[bool]:
@@ -213,13 +292,22 @@ class QueueStore:
         )
         return list(conn.execute(query).scalars())
 
-    @staticmethod
-    def _seen(conn: sa.Connection, pilot_id: str, now: float, heartbeat: bool = False) -> None:
-        values: dict[str, float] = {"last_seen": now}
+    def _seen(
+        self,
+        conn: sa.Connection,
+        pilot_id: str,
+        now: float,
+        heartbeat: bool = False,
+        lease_id: str | None = None,
+    ) -> None:
+        """Record that the pilot was heard from (and its new lease): one upsert."""
+        values: dict[str, float | str] = {"last_seen": now}
         if heartbeat:
             values["last_heartbeat"] = now
-        if conn.execute(pilots.update().where(pilots.c.pilot_id == pilot_id).values(**values)).rowcount == 0:
-            conn.execute(pilots.insert().values(pilot_id=pilot_id, **values))
+        if lease_id is not None:
+            values["lease_id"] = lease_id
+        insert = self._insert(pilots).values(pilot_id=pilot_id, **values)
+        conn.execute(insert.on_conflict_do_update(index_elements=[pilots.c.pilot_id], set_=values))
 
     def heartbeat(self, lease_id: str, progress: str, now: float, ttl: float) -> float:
         """Extend an active lease; return its new expiry.
@@ -227,21 +315,19 @@ class QueueStore:
         A lease past its expiry that was not yet expired is extended: its pilot is alive.
         """
         with self.tx() as conn:
-            extended = conn.execute(
+            pilot_id = conn.execute(
                 leases.update()
                 .where(leases.c.lease_id == lease_id, leases.c.state == "active")
                 .values(expires_at=now + ttl, progress=progress)
-            )
-            if extended.rowcount != 1:
+                .returning(leases.c.pilot_id)
+            ).scalar()
+            if pilot_id is None:
                 self._refuse(conn, lease_id)
-            pilot_id = conn.execute(
-                sa.select(leases.c.pilot_id).where(leases.c.lease_id == lease_id)
-            ).scalar_one()
             self._seen(conn, pilot_id, now, heartbeat=True)
         return now + ttl
 
     @staticmethod
-    def _refuse(conn: sa.Connection, lease_id: str) -> None:
+    def _refuse(conn: sa.Connection, lease_id: str) -> NoReturn:
         state = conn.execute(sa.select(leases.c.state).where(leases.c.lease_id == lease_id)).scalar()
         if state is None:
             raise LeaseNotFound(f"no lease {lease_id}")

@@ -65,6 +65,9 @@ leases = sa.Table(
     sa.Column("expires_at", sa.Float, nullable=False),
     sa.Column("progress", sa.Text, nullable=True),
     sa.Column("result", sa.Text, nullable=True),  # the FinishResponse, replayed on a repeat
+    # Added later: the pilot's key for the claim that made this lease; a retried claim
+    # (its answer was lost) with the same key gets this lease back instead of a second bundle.
+    sa.Column("claim_key", sa.String(128), nullable=True),
 )
 
 pilots = sa.Table(
@@ -74,4 +77,14 @@ pilots = sa.Table(
     sa.Column("last_seen", sa.Float, nullable=False),
     sa.Column("last_heartbeat", sa.Float, nullable=True),
     sa.Column("lease_id", sa.String(64), nullable=True),
+)
+
+# Indexes added later (`QueueStore` creates them in older databases too).
+INDEXES = (
+    # The claim query walks queued bundles in queue order: an index range, not a scan of
+    # every finished bundle.
+    sa.Index("pilot_bundles_state_seq", bundles.c.state, bundles.c.seq),
+    sa.Index("pilot_bundles_ingest", bundles.c.ingest),
+    # One lease per claim key and pilot, also when two replicas see the same retried claim at once.
+    sa.Index("pilot_leases_claim_key", leases.c.pilot_id, leases.c.claim_key, unique=True),
 )
