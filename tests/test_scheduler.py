@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import uuid
 from pathlib import Path
@@ -396,3 +397,69 @@ def test_end_to_end_runs_remainders_and_ingests_once(campaign: Campaign, tmp_pat
     assert by_type == {"postISRCCD": 6, "calexp": 6, "src": 6}
     again = pilot("ingest", campaign.repo)
     assert again.returncode == 0 and "nothing new" in again.stdout
+
+
+class _LosingProxy:
+    """A TCP proxy on 127.0.0.1 that drops the answer to the first ``/v1/claim`` it relays.
+
+    The claim reaches the server and is applied; the pilot sees its connection closed with
+    no answer, as when a network path fails between the scheduler and a worker node.
+    """
+
+    def __init__(self, upstream: str) -> None:
+        host, port = upstream.removeprefix("http://").split(":")
+        self._upstream = (host, int(port))
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}"
+        self.dropped = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            client_side, _ = self._listener.accept()
+            threading.Thread(target=self._relay, args=(client_side,), daemon=True).start()
+
+    def _relay(self, client_side: socket.socket) -> None:
+        with client_side, socket.create_connection(self._upstream) as server_side:
+            while request := _read_http_message(client_side):
+                server_side.sendall(request)
+                answer = _read_http_message(server_side)
+                if request.startswith(b"POST /v1/claim") and self.dropped == 0:
+                    self.dropped += 1
+                    return  # the server applied the claim; the pilot never hears of it
+                client_side.sendall(answer)
+
+
+def _read_http_message(sock: socket.socket) -> bytes:
+    """One HTTP/1.1 message with a Content-Length body (b"" when the peer closed)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        if not (chunk := sock.recv(65536)):
+            return b""
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = next(
+        (
+            int(line.split(b":")[1])
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"content-length:")
+        ),
+        0,
+    )
+    while len(body) < length:
+        body += sock.recv(65536)
+    return head + b"\r\n\r\n" + body
+
+
+def test_a_claim_whose_answer_is_lost_gets_the_same_bundle_on_retry(tmp_path: Path) -> None:
+    write_bundles(tmp_path / "bundles", {"a": {}, "b": {}})
+    with serve(tmp_path / "bundles", tmp_path / "dbb") as url:
+        proxy = _LosingProxy(url)
+        answer = client(proxy.url).claim("p1", SLOT)  # the client's transport retries the claim
+        assert proxy.dropped == 1 and answer.bundle["bundle_id"] == "a"
+        status = client(url).status()
+        assert status.bundles["running"] == 1 and status.bundles["queued"] == 1, "a second bundle was leased"
+        (leased,) = status.pilots
+        assert leased.bundle_id == "a"
+        # A new claim is a new key: the next bundle.
+        assert client(url).claim("p1", SLOT).bundle["bundle_id"] == "b"
