@@ -85,6 +85,8 @@ class Stats:
     server_closes: int = 0  # answers with "Connection: close"
     idle_closes: int = 0  # kept-alive connections found closed by the server before reuse
     lost_responses: int = 0  # claim answers dropped on purpose
+    connect: list[float] = dataclasses.field(default_factory=list)  # seconds to open each connection
+    listen: dict[str, int] = dataclasses.field(default_factory=dict)  # kernel listen-queue drops
     no_work: int = 0
     skipped_beats: int = 0  # heartbeats not sent: the previous one ended after their time
     lease_gone: int = 0  # 404/410 on a heartbeat or report
@@ -120,11 +122,13 @@ class Connection:
                 return self._reader, self._writer
             self.stats.idle_closes += 1
             self.close()
+        start = time.perf_counter()
         try:
             self._reader, self._writer = await asyncio.open_connection(self.host, self.port)
         except OSError as err:
             self.stats.errors["connect"] += 1
             raise ConnectionLost(f"connect: {err}") from None
+        self.stats.connect.append(time.perf_counter() - start)
         self.stats.connections += 1
         self.stats.reconnects += self._ever_opened
         self._ever_opened = True
@@ -355,6 +359,19 @@ def tree_cpu(pids: list[int]) -> float:
     return total
 
 
+def listen_drops() -> dict[str, int]:
+    """The kernel's ListenOverflows and ListenDrops counters (whole machine; {} if unreadable)."""
+    try:
+        lines = [line.split() for line in Path("/proc/net/netstat").read_text().splitlines()]
+    except OSError:
+        return {}
+    for names, values in zip(lines[::2], lines[1::2], strict=False):
+        if names[0] == "TcpExt:":
+            table = dict(zip(names[1:], map(int, values[1:]), strict=False))
+            return {k: table[k] for k in ("ListenOverflows", "ListenDrops") if k in table}
+    return {}
+
+
 def fetch_status(url: str) -> dict[str, Any]:
     request = urllib.request.Request(f"{url}/v1/status", headers={"Authorization": f"Bearer {TOKEN}"})
     with urllib.request.urlopen(request, timeout=120) as answer:
@@ -396,7 +413,9 @@ def run_store(store: str, args: argparse.Namespace) -> dict[str, Any]:
             time_limit=args.time_limit,
         )
         server_pids = [proc.pid for _, proc in servers]
+        before = listen_drops()
         stats = asyncio.run(run_pool(cfg, lambda: tree_cpu(server_pids), lambda: tree_cpu(db_pids)))
+        stats.listen = {k: v - before.get(k, 0) for k, v in listen_drops().items()}
         status = fetch_status(servers[0][0])
     problems, counts = check(stats, status, cfg)
     return summarize(store, stats, problems, counts, len(servers))
@@ -424,6 +443,8 @@ def summarize(
             kind: {"n": len(lat), "per_s": len(lat) / wall, **percentiles(lat)}
             for kind, lat in stats.latency.items()
         },
+        "connect": {"n": len(stats.connect), **percentiles(stats.connect)},
+        "listen_queue": stats.listen,
         "no_work_claims": stats.no_work,
         "connections": {
             "opened": stats.connections,
@@ -470,19 +491,25 @@ def print_store(result: dict[str, Any], args: argparse.Namespace) -> None:
                 f"| {kind} | {r['n']} | {r['per_s']:.1f} | {_ms(r['p50_ms'])} | {_ms(r['p95_ms'])} | "
                 f"{_ms(r['p99_ms'])} | {_ms(r['max_ms'])} |"
             )
+    k = result["connect"]
+    print(
+        f"| (connect) | {k['n']} | – | {_ms(k['p50_ms'])} | {_ms(k['p95_ms'])} | {_ms(k['p99_ms'])} | "
+        f"{_ms(k['max_ms'])} |"
+    )
     c, a, g = result["connections"], result["accounting"], result["generator"]
     errors = sum(c["errors"].values())
     db = "–" if result["db_cpu_percent"] is None else f"{result['db_cpu_percent']:.0f}"
     print(
         "\n| wall s | claimed / queued | no-work claims | conns opened | reconnects | server closes "
-        "| idle closes | conn errors | lost responses | leaked | gen late p50/p99/max ms | gen CPU % "
-        "| server CPU % | db CPU % |"
+        "| idle closes | conn errors | listen overflows | lost responses | leaked | gen late p50/p99/max ms "
+        "| gen CPU % | server CPU % | db CPU % |"
     )
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     print(
         f"| {result['wall_s']:.1f} | {a['originals_handed_out']} / {a['bundles_queued']} | "
         f"{result['no_work_claims']} | {c['opened']} | {c['reconnects']} | {c['server_closes']} | "
-        f"{c['idle_closes']} | {errors} {dict(c['errors']) or ''} | {c['lost_responses']} | "
+        f"{c['idle_closes']} | {errors} {dict(c['errors']) or ''} | "
+        f"{result['listen_queue'].get('ListenOverflows', '–')} | {c['lost_responses']} | "
         f"{a['leaked_leases']} | "
         f"{_ms(g['p50_late_ms'])} / {_ms(g['p99_late_ms'])} / {_ms(g['max_late_ms'])} | "
         f"{g['cpu_percent']:.0f} | {result['server_cpu_percent']:.0f} | {db} |"
