@@ -12,84 +12,18 @@ store (sqlite file; PostgreSQL started from ``initdb``/``pg_ctl`` unless ``--pos
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing
 import os
-import shutil
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import threading
 import time
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
+
+from serve_harness import TOKEN, pilot_serve, postgres, write_bundles
 
 from pilot.glidein.client import SchedulerClient
 from pilot.protocol import Heartbeat, Report, Slot
-
-TOKEN = "bench-token"
-
-
-def write_bundles(directory: Path, n: int, quanta: int) -> None:
-    directory.mkdir(parents=True)
-    for i in range(n):
-        doc = {
-            "schema_version": 1,
-            "bundle_id": f"bench-b{i:06d}",
-            "qgraph": "bench.qg",
-            "quantum_ids": [str(uuid.uuid4()) for _ in range(quanta)],
-            "dbb": {"repo": str(directory.parent / "dbb"), "output_run": "bench/run"},
-            "resources": {"cores": 1 + i % 4, "seconds": 60 + i % 600},
-        }
-        (directory / f"bench-b{i:06d}.json").write_text(json.dumps(doc))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@contextmanager
-def pilot_serve(bundle_dir: Path, db: str | None, threads: int) -> Iterator[str]:
-    token_file = bundle_dir.parent / "token"
-    token_file.write_text(TOKEN)
-    port = free_port()
-    command = [sys.executable, "-m", "pilot.cli", "serve", str(bundle_dir), "--repo", str(bundle_dir.parent)]
-    command += ["--token-file", str(token_file), "--port", str(port), "--threads", str(threads)]
-    command += ["--db", db] if db else []
-    server = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
-    try:
-        assert server.stdout is not None and "queued" in server.stdout.readline(), "pilot serve did not start"
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.terminate()
-        server.wait(timeout=60)
-
-
-@contextmanager
-def postgres() -> Iterator[str]:
-    """A throw-away PostgreSQL server (as 'nobody' when run as root)."""
-    base = tempfile.mkdtemp(prefix="bench-pg-")
-    port = free_port()
-    as_user = ["su", "nobody", "-s", "/bin/sh", "-c"] if os.geteuid() == 0 else ["/bin/sh", "-c"]
-    if os.geteuid() == 0:
-        shutil.chown(base, user="nobody")
-    data = os.path.join(base, "data")
-    subprocess.run([*as_user, f"initdb -D {data} -A trust -U pilot"], check=True, capture_output=True)
-    options = f"-p {port} -k {base} -h 127.0.0.1 -c max_connections=200"
-    subprocess.run(
-        [*as_user, f"pg_ctl -D {data} -o '{options}' -l {base}/log -w start"], check=True, capture_output=True
-    )
-    try:
-        yield f"postgresql+psycopg://pilot@127.0.0.1:{port}/postgres"
-    finally:
-        subprocess.run([*as_user, f"pg_ctl -D {data} -m fast stop"], capture_output=True)
-        shutil.rmtree(base, ignore_errors=True)
 
 
 def _pilot(url: str, name: str, heartbeats: int, latencies: list[float], counts: list[int]) -> None:
