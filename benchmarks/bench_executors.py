@@ -632,7 +632,7 @@ def run_sampled(setup: GraphSetup, dbb: Path, workdir: Path, sample: int, mode: 
     The sampled quanta are the first ``sample`` of :attr:`GraphSetup.chain_order` (whole
     chains in dependency order), so every input exists when its quantum runs.  ``mode``
     ``auto`` tries ``--qgraph-node-id`` on the full graph and falls back to single-quantum
-    graphs (``pilot.qgraph_io.write_bundle_graph``) if that dies with ``EOFError``
+    graphs (``pilot.central.graph_split.BundleGraphWriter``) if that dies with ``EOFError``
     (CPython gh-127847); ``node-id`` and ``single-graph`` force one path.
     """
     key = "sampled"
@@ -730,17 +730,17 @@ def run_sampled(setup: GraphSetup, dbb: Path, workdir: Path, sample: int, mode: 
 def write_single_quantum_graphs(
     qgraph: Path, quanta: Sequence[uuid.UUID], directory: Path
 ) -> dict[uuid.UUID, Path]:
-    """Write one standalone ``.qg`` per quantum (same pipeline, init quanta, dimension data)."""
+    """Write one standalone ``.qg`` per quantum (same pipeline and init quanta, its own dimension records)."""
     from lsst.resources import ResourcePath
 
-    from pilot.qgraph_io import read_full_graph, write_bundle_graph
+    from pilot.central.graph_split import BundleGraphWriter, read_splittable_graph
 
     directory.mkdir(parents=True, exist_ok=True)
-    components = read_full_graph(ResourcePath(str(qgraph)))
+    writer = BundleGraphWriter(read_splittable_graph(ResourcePath(str(qgraph))))
     paths: dict[uuid.UUID, Path] = {}
     for qid in quanta:
         path = directory / f"{qid}.qg"
-        write_bundle_graph(components, [qid], ResourcePath(str(path)))
+        writer.write([qid], path)
         paths[qid] = path
     return paths
 

@@ -8,6 +8,7 @@ URL: a job reaches the DBB only through its datastore.
 from __future__ import annotations
 
 import json
+import os
 import uuid
 from pathlib import Path
 from typing import Any, Literal
@@ -285,8 +286,20 @@ def _first_problem(err: pydantic.ValidationError) -> str:
 
 
 def write_bundle(bundle: Bundle, path: ResourcePath) -> None:
-    """Write a bundle file (whole-file write: the file never appears half-written)."""
-    path.write(bundle.model_dump_json(indent=2).encode() + b"\n", overwrite=True)
+    """Write a bundle file; it never appears half-written.
+
+    A local file is written under a temporary name (not ``*.json``: ``pilot serve`` queues
+    those) and renamed; an object-store PUT is whole by itself.
+    """
+    data = bundle.model_dump_json(indent=2).encode() + b"\n"
+    if not path.isLocal:
+        path.write(data, overwrite=True)
+        return
+    target = Path(path.ospath)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f".{target.name}.partial")
+    partial.write_bytes(data)
+    os.replace(partial, target)
 
 
 def json_schema() -> str:

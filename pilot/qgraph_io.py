@@ -1,4 +1,4 @@
-"""Read quantum graphs, and cut a bundle's own small graph out of a full one.
+"""Read quantum graphs (a bundle's own small graph is cut out by `pilot.central.graph_split`).
 
 ``pilot bundle`` writes each bundle's quanta to a ``.qg`` file of their own, so a job
 fetches only what it runs and reads that file whole.  A partial read of a large
@@ -30,35 +30,13 @@ def read_full_graph(uri: ResourcePath) -> PredictedQuantumGraphComponents:
     BundleError
         The file is missing or is not a readable predicted quantum graph.
     """
-    _require_graph_file(uri)
+    require_graph_file(uri)
     try:
         with PredictedQuantumGraph.open(uri) as reader:
             reader.read_all()
         return reader.components
     except Exception as err:
         raise BundleError(f"cannot read quantum graph {shown(uri)}: {type(err).__name__}: {err}") from None
-
-
-def write_bundle_graph(
-    full: PredictedQuantumGraphComponents, quantum_ids: Collection[uuid.UUID], uri: ResourcePath
-) -> None:
-    """Write a complete, standalone ``.qg`` holding only ``quantum_ids`` of ``full``.
-
-    The pipeline graph, init quanta (with any datastore records attached to them)
-    and dimension data are carried over unchanged; the thin graph and header counts
-    are recomputed for the subset.
-    """
-    wanted = set(quantum_ids)
-    subset = PredictedQuantumGraphComponents(
-        header=full.header.model_copy(deep=True),
-        pipeline_graph=full.pipeline_graph,
-        dimension_data=full.dimension_data,
-        init_quanta=full.init_quanta,
-    )
-    subset.quantum_datasets = {qid: qd for qid, qd in full.quantum_datasets.items() if qid in wanted}
-    subset.set_thin_graph()
-    subset.set_header_counts()
-    subset.write(uri)
 
 
 def load_bundle_graph(uri: ResourcePath, quantum_ids: Collection[uuid.UUID] | None) -> PredictedQuantumGraph:
@@ -69,7 +47,7 @@ def load_bundle_graph(uri: ResourcePath, quantum_ids: Collection[uuid.UUID] | No
     BundleError
         The file is missing or unreadable, or a quantum ID is not in it.
     """
-    _require_graph_file(uri)
+    require_graph_file(uri)
     try:
         with PredictedQuantumGraph.open(uri) as reader:
             reader.read_thin_graph()
@@ -101,7 +79,7 @@ def task_labels(uri: ResourcePath) -> dict[uuid.UUID, str]:
     BundleError
         The file is missing or unreadable.
     """
-    _require_graph_file(uri)
+    require_graph_file(uri)
     try:
         with PredictedQuantumGraph.open(uri) as reader:
             reader.read_thin_graph()
@@ -111,7 +89,8 @@ def task_labels(uri: ResourcePath) -> dict[uuid.UUID, str]:
         raise BundleError(f"cannot read quantum graph {shown(uri)}: {type(err).__name__}: {err}") from None
 
 
-def _require_graph_file(uri: ResourcePath) -> None:
+def require_graph_file(uri: ResourcePath) -> None:
+    """Raise `BundleError` unless ``uri`` is an existing ``.qg`` file."""
     if uri.getExtension() != ".qg":
         raise BundleError(f"quantum graph {shown(uri)} must be a '.qg' file")
     try:

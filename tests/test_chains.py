@@ -120,3 +120,32 @@ def test_upstream_failure_blocks_downstream_bundle(tmp_path: Path) -> None:
         quantum["caveat"]
         == "input y@{instrument: 'DemoCam', detector: 0} was not produced by its upstream bundle"
     )
+
+
+def test_bundle_graph_holds_only_its_own_dimension_records(tmp_path: Path) -> None:
+    repo = tmp_path / "dbb"
+    create_dbb(repo, 4)
+    qgraph = build_graph(
+        repo, "t/run", tmp_path / "g.qg", [TaskSpec("a", "raw", "x"), TaskSpec("b", "x", "y")]
+    )
+    out = tmp_path / "bundles"
+    assert pilot("bundle", qgraph, "--repo", repo, "--out", out, "--max-quanta", "2").returncode == 0
+    assert not list(out.glob(".*")), "no partial files left behind"
+    full = _records(PredictedQuantumGraph.read_execution_quanta(qgraph))
+    assert len(full["detector"]) == 4
+    first = sorted(out.glob("*.json"))[0]
+    sub = PredictedQuantumGraph.read_execution_quanta(first.with_suffix(".qg"))
+    sub.build_execution_quanta()  # every data ID still expands
+    records = _records(sub)
+    (detector,) = records["detector"]  # its one chain's detector, not all four
+    assert {sub.quantum_only_xgraph.nodes[q]["data_id"]["detector"] for q in sub} == {detector[1]}
+    assert sum(map(len, records.values())) < sum(map(len, full.values()))
+    result = pilot("run", "--processes", "0", first, "--workspace", tmp_path / "ws")
+    assert result.returncode == 0, result.stderr
+    assert [q["status"] for q in read_report(tmp_path / "ws")["quanta"]] == ["succeeded"] * 2
+
+
+def _records(qg: PredictedQuantumGraph) -> dict[str, list]:
+    """The graph's serialized dimension records (key values first), by element."""
+    assert qg.dimension_data is not None
+    return {element: rows for element, rows in qg.dimension_data.serialized().root.items() if rows}

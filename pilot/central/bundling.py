@@ -7,12 +7,11 @@ import json
 import logging
 import re
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import networkx
 from lsst.daf.butler import Butler, ButlerConfig
-from lsst.pipe.base.quantum_graph import PredictedQuantumGraphComponents
 from lsst.resources import ResourcePath
 
 from ..bundle_model import (
@@ -25,10 +24,11 @@ from ..bundle_model import (
     write_bundle,
 )
 from ..errors import BundleError, ConfigError, shown
-from ..qgraph_io import read_full_graph, write_bundle_graph
-from .chains import BundlePlan, find_chains, pack_chains
+from ..qgraph_io import require_graph_file
+from .chains import BundlePlan, find_chains, iter_plans
 from .dbb_init import initialize_output_run, open_dbb
 from .exclusion import Excluded, excluded_quanta
+from .graph_split import BundleGraphWriter, SplittableGraph, read_splittable_graph
 
 _LOG = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ class PreparedGraph:
     """A quantum graph whose run is initialized in the DBB, exclusions taken out."""
 
     uri: ResourcePath
-    components: PredictedQuantumGraphComponents
+    graph: SplittableGraph
     xgraph: networkx.DiGraph  # quanta to run (excluded ones removed)
     excluded: list[Excluded]
     dbb: DBBSpec
@@ -74,20 +74,21 @@ def prepare_graph(
     `pilot.central.exclusion`).
     """
     graph_uri = ResourcePath(qgraph, forceAbsolute=True)
-    components = read_full_graph(graph_uri)
-    if not components.quantum_datasets:
+    require_graph_file(graph_uri)
+    graph = read_splittable_graph(graph_uri)
+    if not graph.blocks:
         raise BundleError(f"quantum graph {graph_uri} has no quanta")
-    header = components.header
-    xgraph = components.assemble().quantum_only_xgraph
+    header = graph.components.header
+    xgraph = graph.xgraph
     butler = open_dbb(repo, writeable=True, run=header.output_run)
     repo_root = str(ButlerConfig(repo).configDir or repo)
     try:
-        xgraph, excluded = _drop_excluded(butler, xgraph, exclude or {}, graph_uri)
-        initialize_output_run(butler, components)
+        excluded = _drop_excluded(butler, xgraph, exclude or {}, graph_uri)
+        initialize_output_run(butler, graph.init_components())
     finally:
         butler.close()
     dbb = DBBSpec(repo=repo_root, output_run=header.output_run, staging=staging)
-    return PreparedGraph(graph_uri, components, xgraph, excluded, dbb)
+    return PreparedGraph(graph_uri, graph, xgraph, excluded, dbb)
 
 
 def make_bundles(
@@ -102,35 +103,37 @@ def make_bundles(
 ) -> list[Path]:
     """Prepare the DBB for ``qgraph`` and write one bundle (``.json`` + ``.qg``) per chain group.
 
-    Excluded quanta are listed in ``out_dir/excluded.jsonl``.  Returns the bundle files
-    written, in dependency order.
+    Each bundle is written as soon as it is packed, so a scheduler watching ``out_dir``
+    may start on the first while the rest are written.  Excluded quanta are listed in
+    ``out_dir/excluded.jsonl``.  Returns the bundle files written, in dependency order.
     """
     if max_quanta is not None and max_quanta < 1:
         raise ConfigError(f"--max-quanta must be at least 1, not {max_quanta}")
     prepared = prepare_graph(qgraph, repo, staging=staging, exclude=exclude)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_excluded(out_dir, prepared.excluded)
-    plans = pack_chains(find_chains(prepared.xgraph), prepared.xgraph, max_quanta)
+    plans = iter_plans(find_chains(prepared.xgraph), prepared.xgraph, max_quanta)
     prefix = bundle_prefix(prepared.dbb.output_run)
-    names = [f"{prefix}-b{index:05d}" for index in range(len(plans))]
     settings = BundleSettings(execution=execution or ExecutionSpec())
     return write_bundles(
-        prepared, out_dir, [(name, plan, settings) for name, plan in zip(names, plans, strict=True)]
+        prepared, out_dir, ((f"{prefix}-b{index:05d}", plan, settings) for index, plan in enumerate(plans))
     )
 
 
 def write_bundles(
-    prepared: PreparedGraph, out_dir: Path, bundles: list[tuple[str, BundlePlan, BundleSettings]]
+    prepared: PreparedGraph, out_dir: Path, bundles: Iterable[tuple[str, BundlePlan, BundleSettings]]
 ) -> list[Path]:
-    """Write ``<name>.json`` and ``<name>.qg`` for each ``(name, plan, settings)``, in order.
+    """Write ``<name>.qg`` then ``<name>.json`` for each ``(name, plan, settings)``, in order, as they come.
 
-    A plan's ``depends_on`` indexes this list.
+    A plan's ``depends_on`` indexes the bundles before it.  Both files appear whole
+    (written under a temporary name, then renamed), the ``.qg`` first: a ``*.json``
+    in ``out_dir`` is always a complete bundle whose graph is there.
     """
-    names = [name for name, _, _ in bundles]
+    writer = BundleGraphWriter(prepared.graph)
+    names: list[str] = []
     written: list[Path] = []
     for name, plan, settings in bundles:
-        bundle_path = out_dir / f"{name}.json"
-        write_bundle_graph(prepared.components, plan.quantum_ids, ResourcePath(out_dir / f"{name}.qg"))
+        writer.write(plan.quantum_ids, out_dir / f"{name}.qg")
         bundle = Bundle(
             schema_version=SCHEMA_VERSION,
             bundle_id=name,
@@ -143,7 +146,9 @@ def write_bundles(
             resources=settings.resources,
             retries=settings.retries,
         )
+        bundle_path = out_dir / f"{name}.json"
         write_bundle(bundle, ResourcePath(bundle_path))
+        names.append(name)
         written.append(bundle_path)
     _LOG.info("Wrote %d bundles for %d quanta to %s.", len(written), len(prepared.xgraph), out_dir)
     return written
@@ -151,8 +156,8 @@ def write_bundles(
 
 def _drop_excluded(
     butler: Butler, xgraph: networkx.DiGraph, exclude: Mapping[str, str], graph_uri: ResourcePath
-) -> tuple[networkx.DiGraph, list[Excluded]]:
-    """Return ``xgraph`` without the quanta ``exclude`` matches and their descendants, and those quanta.
+) -> list[Excluded]:
+    """Remove the quanta ``exclude`` matches and their descendants from ``xgraph``; return them.
 
     Raises
     ------
@@ -160,17 +165,16 @@ def _drop_excluded(
         Every quantum of the graph is excluded.
     """
     if not exclude:
-        return xgraph, []
+        return []
     excluded = excluded_quanta(butler, xgraph, exclude)
     if len(excluded) == len(xgraph):
         raise BundleError(
             f"every one of the {len(xgraph)} quanta of {shown(graph_uri)} is excluded: nothing to bundle"
         )
-    kept = networkx.DiGraph(xgraph)  # the assembled graph's view is frozen
-    kept.remove_nodes_from(item.quantum_id for item in excluded)
+    xgraph.remove_nodes_from(item.quantum_id for item in excluded)
     for label, count in sorted(Counter(item.task_label for item in excluded).items()):
         _LOG.info("Excluded %d quanta of %s.", count, label)
-    return kept, excluded
+    return excluded
 
 
 def write_excluded(out_dir: Path, excluded: list[Excluded]) -> None:

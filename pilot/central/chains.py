@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 import networkx
 
@@ -39,12 +39,33 @@ def find_chains(xgraph: networkx.DiGraph) -> list[list[uuid.UUID]]:
 def pack_chains(
     chains: Iterable[list[uuid.UUID]], xgraph: networkx.DiGraph, max_quanta: int | None
 ) -> list[BundlePlan]:
-    """Pack whole chains into bundles of at most ``max_quanta`` quanta.
+    """Pack whole chains into bundles of at most ``max_quanta`` quanta (see `iter_plans`)."""
+    return list(iter_plans(chains, xgraph, max_quanta))
+
+
+def iter_plans(
+    chains: Iterable[list[uuid.UUID]], xgraph: networkx.DiGraph, max_quanta: int | None
+) -> Iterator[BundlePlan]:
+    """Pack whole chains into bundles of at most ``max_quanta`` quanta, yielding each as it is full.
 
     A chain larger than ``max_quanta`` is cut, in topological order, into bundles of
-    its own; each such bundle records the bundles that produce its inputs.
+    its own; each such bundle records the bundles that produce its inputs.  A bundle's
+    producers are always yielded before it (chains share no edges, and a cut chain's
+    pieces follow its topological order), so its ``depends_on`` is known when it is.
     """
-    plans: list[BundlePlan] = []
+    owner: dict[uuid.UUID, int] = {}
+    for index, quantum_ids in enumerate(_pieces(chains, max_quanta)):
+        owner.update(dict.fromkeys(quantum_ids, index))
+        plan = BundlePlan(quantum_ids)
+        for quantum_id in quantum_ids:
+            plan.depends_on.update(
+                owner[producer] for producer in xgraph.predecessors(quantum_id) if owner[producer] != index
+            )
+        yield plan
+
+
+def _pieces(chains: Iterable[list[uuid.UUID]], max_quanta: int | None) -> Iterator[list[uuid.UUID]]:
+    """The quanta of each bundle: whole chains up to ``max_quanta``, larger chains cut."""
     current: list[uuid.UUID] = []
     for chain in chains:
         if max_quanta is None:
@@ -52,20 +73,13 @@ def pack_chains(
             continue
         if len(chain) > max_quanta:
             if current:
-                plans.append(BundlePlan(current))
+                yield current
                 current = []
-            plans.extend(BundlePlan(chain[i : i + max_quanta]) for i in range(0, len(chain), max_quanta))
+            yield from (chain[i : i + max_quanta] for i in range(0, len(chain), max_quanta))
             continue
         if len(current) + len(chain) > max_quanta:
-            plans.append(BundlePlan(current))
+            yield current
             current = []
         current.extend(chain)
     if current:
-        plans.append(BundlePlan(current))
-    owner = {quantum_id: index for index, plan in enumerate(plans) for quantum_id in plan.quantum_ids}
-    for index, plan in enumerate(plans):
-        for quantum_id in plan.quantum_ids:
-            for producer in xgraph.predecessors(quantum_id):
-                if owner[producer] != index:
-                    plan.depends_on.add(owner[producer])
-    return plans
+        yield current
