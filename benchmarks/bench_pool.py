@@ -151,7 +151,7 @@ class Connection:
             self.stats.errors["timeout"] += 1
             self.close()
             raise ConnectionLost("timeout") from None
-        except (OSError, asyncio.IncompleteReadError, ValueError) as err:
+        except (OSError, EOFError, asyncio.IncompleteReadError, ValueError) as err:
             early_eof = isinstance(err, asyncio.IncompleteReadError | EOFError)
             self.stats.errors["eof" if early_eof else "reset"] += 1
             self.close()

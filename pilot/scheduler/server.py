@@ -95,6 +95,9 @@ def _http_server(options: ServeOptions, app: SchedulerApp) -> wsgi.Server:
     if soft < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # a socket per pilot
     server.keep_alive_conn_limit = max(10, min(hard, 65536) - 64)
+    # An idle kept-alive connection is closed after this long.  cheroot's 10 s is the pilots'
+    # heartbeat interval: the close would race each heartbeat, and the pilot retry it.
+    server.timeout = 30
     # Idle keep-alive clients must not hold up a shutdown (cheroot waits this long per thread).
     server.shutdown_timeout = 1
     return server

@@ -80,6 +80,7 @@ class Scheduler:
         self.settings = settings
         self._remainder_dir = remainder_dir
         self._bundles: dict[str, Bundle] = {}
+        self._qgraph_uris: dict[str, str] = {}  # bundle file: its graph's absolute URI
         self._sweeping = threading.Lock()
         self.workflows = WorkflowBook(store)
         self._labels: dict[str, dict[uuid.UUID, str]] = {}  # quantum graph URI: its task labels
@@ -91,6 +92,13 @@ class Scheduler:
         if (bundle := self._bundles.get(path)) is None:
             bundle = self._bundles[path] = load_bundle(path)
         return bundle
+
+    def _qgraph_of(self, path: str) -> str:
+        """The absolute URI of the quantum graph of the bundle file at ``path`` (resolved once:
+        resolving a relative URI asks the filesystem, and claims come a hundred a second)."""
+        if (uri := self._qgraph_uris.get(path)) is None:
+            uri = self._qgraph_uris[path] = str(self.bundle(path).qgraph_uri(ResourcePath(path)))
+        return uri
 
     def row_for(self, bundle: Bundle, path: str) -> BundleRow:
         """Describe an original (not a remainder) bundle for the store."""
@@ -121,12 +129,8 @@ class Scheduler:
         )
         if claimed is None:
             return ClaimResponse(no_work=True, retry_after_s=self.settings.retry_after)
-        bundle = self.bundle(claimed.path)
-        document = bundle.model_copy(
-            update={
-                "qgraph": str(bundle.qgraph_uri(ResourcePath(claimed.path))),
-                "depends_on": claimed.upstream,
-            }
+        document = self.bundle(claimed.path).model_copy(
+            update={"qgraph": self._qgraph_of(claimed.path), "depends_on": claimed.upstream}
         )
         _LOG.info("Pilot %s claimed bundle %s.", request.pilot_id, claimed.bundle_id)
         return ClaimResponse(

@@ -18,6 +18,10 @@ What keeps requests fast when a thousand pilots share one scheduler:
 3. Inserts that may meet a concurrent twin (a pilot's first contact, a bundle queued by
    two replicas loading one directory) are upserts, not check-then-insert.
 4. Lease expiry is not done here on the request path: `pilot.scheduler.server` sweeps.
+5. sqlite's automatic WAL checkpoint runs in whichever transaction commits past 1000
+   pages, fsyncs the database file there, and every queued writer waits for it.  It is
+   turned off; a thread of the store checkpoints every second (``PASSIVE``: it never
+   blocks a writer) instead.
 """
 
 from __future__ import annotations
@@ -35,13 +39,11 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
 from ..protocol import FinishResponse, PilotStatus, Progress, Slot, StatusResponse
+from . import statements as sql
 from .errors import LeaseGone, LeaseNotFound
-from .fit import fits
 from .tables import INDEXES, bundles, deps, leases, metadata, pilots
 
 _LOG = logging.getLogger(__name__)
-
-FINISHED = ("done", "failed")
 
 
 def iso(t: float) -> str:
@@ -111,14 +113,23 @@ def _engine(url: str, pool_size: int) -> sa.Engine:
             dbapi_connection.isolation_level = None
             dbapi_connection.execute("PRAGMA journal_mode=WAL")
             dbapi_connection.execute("PRAGMA synchronous=NORMAL")
+            # Rule 5: no checkpoint in a committing request; `QueueStore` checkpoints aside.
+            dbapi_connection.execute("PRAGMA wal_autocheckpoint=0")
 
         @sa.event.listens_for(engine, "begin")
         def _begin(connection: sa.Connection) -> None:
-            # Take the write lock up front: a read-then-write transaction never fails to upgrade.
-            connection.exec_driver_sql("BEGIN IMMEDIATE")
+            # A writer (`QueueStore.tx`) takes the write lock up front: a read-then-write
+            # transaction never fails to upgrade.  A reader (SQLAlchemy begins one on its
+            # first statement) must not: in WAL mode a deferred read never blocks a writer,
+            # whereas an immediate one would queue every read behind the writes and back.
+            writer = connection.get_execution_options().get("writer", False)
+            connection.exec_driver_sql("BEGIN IMMEDIATE" if writer else "BEGIN")
 
         return engine
-    return sa.create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+    # No pre-ping: it is one more round trip per transaction.  After a database restart the
+    # first use of each stale connection fails (a 500, which pilots retry) and SQLAlchemy
+    # then drops the whole pool.
+    return sa.create_engine(url, pool_size=pool_size, max_overflow=pool_size)
 
 
 class QueueStore:
@@ -136,12 +147,25 @@ class QueueStore:
         self._add_new_columns()
         for index in INDEXES:
             index.create(self._engine, checkfirst=True)
+        self._closing = threading.Event()
+        if self.dialect == "sqlite":
+            threading.Thread(target=self._checkpoint, name="wal-checkpoint", daemon=True).start()
+
+    def _checkpoint(self) -> None:
+        """Copy the WAL into the database file every second, off the requests' path (rule 5)."""
+        while not self._closing.wait(1.0):
+            try:
+                with self._engine.connect() as conn:
+                    conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
+            except sa.exc.DBAPIError as err:  # try again next time; the WAL only grows meanwhile
+                _LOG.warning("WAL checkpoint of the queue database failed: %s", err)
 
     @property
     def engine(self) -> sa.Engine:
         return self._engine
 
     def close(self) -> None:
+        self._closing.set()
         self._engine.dispose()
 
     def _add_new_columns(self) -> None:
@@ -163,7 +187,7 @@ class QueueStore:
     @contextmanager
     def tx(self) -> Iterator[sa.Connection]:
         """A writing transaction (``with store.tx() as conn``); not reentrant."""
-        with self._writer, self._engine.begin() as conn:
+        with self._writer, self._engine.connect() as conn, conn.execution_options(writer=True).begin():
             yield conn
 
     def _insert(self, table: sa.Table) -> Any:
@@ -210,72 +234,39 @@ class QueueStore:
     def _claim(
         self, pilot_id: str, slot: Slot, now: float, ttl: float, claim_key: str | None
     ) -> Claimed | None:
-        b = bundles
-        claimable = [b.c.state == "queued", *fits(b, slot), ~self.waiting(b)]
-        query = (
-            sa.select(b.c.bundle_id, b.c.path)
-            .where(*claimable)
-            .order_by(b.c.seq)
-            .limit(1)
-            .with_for_update(skip_locked=True, of=b)  # rule 1; sqlite ignores it (rule 2 serializes)
-        )
         with self.tx() as conn:
-            if claim_key is not None and self.dialect == "postgresql":
-                # Copies of one retried claim wait for each other (on sqlite rule 2 does it):
-                # else a copy could find every bundle locked by the others and answer "no work".
-                key = sa.func.hashtextextended(f"{pilot_id}\n{claim_key}", 0)
-                conn.execute(sa.select(sa.func.pg_advisory_xact_lock(key)))
-            if claim_key is not None and (earlier := self._claimed_with(conn, pilot_id, claim_key)):
-                self._seen(conn, pilot_id, now)
-                return earlier
-            lease_id = uuid.uuid4().hex
-            for _ in range(3):
-                candidate = conn.execute(query).first()
-                if candidate is None:
+            if claim_key is not None:
+                if self.dialect == "postgresql":
+                    # Copies of one retried claim wait for each other (sqlite: rule 2 does it);
+                    # else a copy could find every bundle locked by the others and say "no work".
+                    conn.execute(sql.CLAIM_KEY_LOCK, {"pilot_and_key": f"{pilot_id}\n{claim_key}"})
+                if earlier := self._claimed_with(conn, pilot_id, claim_key):
                     self._seen(conn, pilot_id, now)
-                    return None
-                taken = conn.execute(
-                    b.update()
-                    .where(b.c.bundle_id == candidate.bundle_id, b.c.state == "queued")
-                    .values(state="running", lease_id=lease_id)
-                )
-                if taken.rowcount == 1:
-                    break
-            else:
-                return None  # lost every race; the pilot asks again after retry_after
-            conn.execute(
-                leases.insert().values(
-                    lease_id=lease_id,
-                    bundle_id=candidate.bundle_id,
-                    pilot_id=pilot_id,
-                    state="active",
-                    expires_at=now + ttl,
-                    claim_key=claim_key,
-                )
-            )
+                    return earlier
+            lease_id = uuid.uuid4().hex
+            taken = conn.execute(
+                sql.take(sql.slot_shape(slot)), {"new_lease_id": lease_id, **sql.slot_params(slot)}
+            ).first()
+            if taken is None:
+                self._seen(conn, pilot_id, now)
+                return None
+            lease = {"lease_id": lease_id, "bundle_id": taken.bundle_id, "pilot_id": pilot_id}
+            lease |= {"state": "active", "expires_at": now + ttl, "claim_key": claim_key}
+            conn.execute(sql.INSERT_LEASE, lease)
             self._seen(conn, pilot_id, now, lease_id=lease_id)
-            upstream = self._upstream(conn, candidate.bundle_id)
-            return Claimed(candidate.bundle_id, candidate.path, lease_id, now + ttl, upstream)
+            upstream = self._upstream(conn, taken.bundle_id)
+            return Claimed(taken.bundle_id, taken.path, lease_id, now + ttl, upstream)
 
     def _claimed_with(self, conn: sa.Connection, pilot_id: str, claim_key: str) -> Claimed | None:
         """The lease an earlier claim with this key got, if any."""
-        row = conn.execute(
-            sa.select(leases.c.lease_id, leases.c.bundle_id, leases.c.expires_at, bundles.c.path)
-            .join(bundles, bundles.c.bundle_id == leases.c.bundle_id)
-            .where(leases.c.pilot_id == pilot_id, leases.c.claim_key == claim_key)
-        ).first()
+        row = conn.execute(sql.CLAIMED_WITH, {"pilot_id": pilot_id, "claim_key": claim_key}).first()
         if row is None:
             return None
         return Claimed(
             row.bundle_id, row.path, row.lease_id, row.expires_at, self._upstream(conn, row.bundle_id)
         )
 
-    @staticmethod
-    def waiting(b: sa.Table) -> sa.ColumnElement[bool]:
-        """True for a bundle with an upstream bundle not finished (or not known)."""
-        u = bundles.alias("u")
-        finished = sa.exists().where(u.c.bundle_id == deps.c.dep_id, u.c.state.in_(FINISHED))
-        return sa.exists().where(deps.c.bundle_id == b.c.bundle_id, ~finished)
+    waiting = staticmethod(sql.waiting)
 
     @staticmethod
     def deps_of(conn: sa.Connection, bundle_id: str) -> list[str]:
@@ -284,13 +275,7 @@ class QueueStore:
 
     @staticmethod
     def _upstream(conn: sa.Connection, bundle_id: str) -> list[str]:
-        query = (
-            sa.select(deps.c.dep_id)
-            .join(bundles, bundles.c.bundle_id == deps.c.dep_id)
-            .where(deps.c.bundle_id == bundle_id, bundles.c.staged)
-            .order_by(bundles.c.seq)
-        )
-        return list(conn.execute(query).scalars())
+        return list(conn.execute(sql.UPSTREAM, {"bundle_id": bundle_id}).scalars())
 
     def _seen(
         self,
@@ -301,13 +286,8 @@ class QueueStore:
         lease_id: str | None = None,
     ) -> None:
         """Record that the pilot was heard from (and its new lease): one upsert."""
-        values: dict[str, float | str] = {"last_seen": now}
-        if heartbeat:
-            values["last_heartbeat"] = now
-        if lease_id is not None:
-            values["lease_id"] = lease_id
-        insert = self._insert(pilots).values(pilot_id=pilot_id, **values)
-        conn.execute(insert.on_conflict_do_update(index_elements=[pilots.c.pilot_id], set_=values))
+        values = {"v_pilot_id": pilot_id, "v_last_seen": now, "v_last_heartbeat": now, "v_lease_id": lease_id}
+        conn.execute(sql.seen(self.dialect, heartbeat, lease_id is not None), values)
 
     def heartbeat(self, lease_id: str, progress: str, now: float, ttl: float) -> float:
         """Extend an active lease; return its new expiry.
@@ -315,12 +295,8 @@ class QueueStore:
         A lease past its expiry that was not yet expired is extended: its pilot is alive.
         """
         with self.tx() as conn:
-            pilot_id = conn.execute(
-                leases.update()
-                .where(leases.c.lease_id == lease_id, leases.c.state == "active")
-                .values(expires_at=now + ttl, progress=progress)
-                .returning(leases.c.pilot_id)
-            ).scalar()
+            extend = {"the_lease": lease_id, "new_expiry": now + ttl, "new_progress": progress}
+            pilot_id = conn.execute(sql.EXTEND, extend).scalar()
             if pilot_id is None:
                 self._refuse(conn, lease_id)
             self._seen(conn, pilot_id, now, heartbeat=True)
@@ -336,11 +312,7 @@ class QueueStore:
     def lease_view(self, lease_id: str) -> LeaseView:
         """Return a lease's state, its recorded result and its bundle."""
         with self.connect() as conn:
-            row = conn.execute(
-                sa.select(leases.c.state, leases.c.result, *ROW_COLUMNS)
-                .join(bundles, bundles.c.bundle_id == leases.c.bundle_id)
-                .where(leases.c.lease_id == lease_id)
-            ).first()
+            row = conn.execute(_LEASE_VIEW, {"lease_id": lease_id}).first()
         if row is None:
             raise LeaseNotFound(f"no lease {lease_id}")
         result = None if row.result is None else FinishResponse.model_validate_json(row.result)
@@ -358,12 +330,10 @@ class QueueStore:
             The lease expired (its quanta were re-queued).
         """
         lease_state = "expired" if plan.kind == "expiry" else "finished"
-        ending = [leases.c.lease_id == plan.lease_id, leases.c.state == "active"]
-        if plan.kind == "expiry":
-            ending.append(leases.c.expires_at < plan.now)  # not if a heartbeat just extended it
+        ending = {"the_lease": plan.lease_id, "now": plan.now, "new_state": lease_state}
         with self.tx() as conn:
             ended = conn.execute(
-                leases.update().where(*ending).values(state=lease_state, result=plan.result.model_dump_json())
+                sql.end_lease(plan.kind == "expiry"), ending | {"new_result": plan.result.model_dump_json()}
             )
             if ended.rowcount != 1:
                 if plan.kind == "expiry":
@@ -374,22 +344,18 @@ class QueueStore:
                 if row is not None and row.state == "finished":
                     return FinishResponse.model_validate_json(row.result)
                 self._refuse(conn, plan.lease_id)
-            remainder = plan.remainder.bundle_id if plan.remainder else None
-            conn.execute(
-                bundles.update()
-                .where(bundles.c.bundle_id == plan.bundle_id)
-                .values(
-                    state=plan.result.state,
-                    lease_id=None,
-                    remainder=remainder,
-                    staged=plan.staged,
-                    ingest="pending" if plan.staged else "none",
-                    finished_at=plan.now,
-                    exit_code=plan.exit_code,
-                    failed_quanta=plan.result.failed_quanta + plan.result.abandoned_quanta,
-                )
-            )
-            conn.execute(pilots.update().where(pilots.c.lease_id == plan.lease_id).values(lease_id=None))
+            ended_bundle = {
+                "bundle_id": plan.bundle_id,
+                "state": plan.result.state,
+                "remainder": plan.remainder.bundle_id if plan.remainder else None,
+                "staged": plan.staged,
+                "ingest": "pending" if plan.staged else "none",
+                "finished_at": plan.now,
+                "exit_code": plan.exit_code,
+                "failed_quanta": plan.result.failed_quanta + plan.result.abandoned_quanta,
+            }
+            conn.execute(sql.END_BUNDLE, {f"b_{name}": value for name, value in ended_bundle.items()})
+            conn.execute(sql.FREE_PILOT, {"the_lease": plan.lease_id})
             if plan.remainder is not None:
                 self._queue_remainder(conn, plan.bundle_id, plan.remainder, plan.staged)
         return plan.result
@@ -459,7 +425,8 @@ class QueueStore:
             ).all()
         return StatusResponse(
             bundles={
-                state: int(by_state.get(state, 0)) for state in ("queued", "running", *FINISHED, "cancelled")
+                state: int(by_state.get(state, 0))
+                for state in ("queued", "running", *sql.FINISHED, "cancelled")
             },
             waiting=int(waiting),
             ingest={state: int(by_ingest.get(state, 0)) for state in ("pending", "done", "failed")},
@@ -495,3 +462,10 @@ ROW_COLUMNS = (
 def bundle_row(row: sa.RowMapping) -> BundleRow:
     """The `BundleRow` in a result row that selected `ROW_COLUMNS` (and maybe more)."""
     return BundleRow(**{column.name: row[column] for column in ROW_COLUMNS})
+
+
+_LEASE_VIEW = (
+    sa.select(leases.c.state, leases.c.result, *ROW_COLUMNS)
+    .join(bundles, bundles.c.bundle_id == leases.c.bundle_id)
+    .where(leases.c.lease_id == sa.bindparam("lease_id"))
+)

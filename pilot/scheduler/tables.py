@@ -85,6 +85,7 @@ INDEXES = (
     # every finished bundle.
     sa.Index("pilot_bundles_state_seq", bundles.c.state, bundles.c.seq),
     sa.Index("pilot_bundles_ingest", bundles.c.ingest),
+    sa.Index("pilot_pilots_lease", pilots.c.lease_id),  # a finished lease frees its pilot
     # One lease per claim key and pilot, also when two replicas see the same retried claim at once.
     sa.Index("pilot_leases_claim_key", leases.c.pilot_id, leases.c.claim_key, unique=True),
 )
