@@ -534,7 +534,7 @@ def parse_args() -> argparse.Namespace:
     add("--max-wait", type=float, default=10.0, help="cap on the retry_after_s waited after no_work")
     add("--store", choices=("sqlite", "postgres", "both"), default="both")
     add("--replicas", type=int, default=1, help="pilot serve processes on one PostgreSQL database")
-    add("--threads", type=int, default=16, help="pilot serve --threads")
+    add("--threads", type=int, default=8, help="pilot serve --threads")
     add("--lease-ttl", type=float, default=None, help="pilot serve --lease-ttl (default: the server's)")
     add("--serve-arg", action="append", default=[], help="extra argument for pilot serve (repeatable)")
     add("--lose-claim-responses", type=float, default=0.0, metavar="P", help="fraction of claim answers lost")

@@ -415,7 +415,13 @@ def _echo_ingest(results: list[BundleIngest]) -> None:
     show_default=True,
     help="Seconds an idle pilot waits before claiming again.",
 )
-@click.option("--threads", type=click.IntRange(1), default=16, show_default=True, help="Request threads.")
+@click.option(
+    "--threads",
+    type=click.IntRange(1),
+    default=8,
+    show_default=True,
+    help="Request threads (more only help when the database is far: they contend for the GIL).",
+)
 def serve(
     bundle_dir: Path,
     repo: str,
