@@ -204,6 +204,19 @@ def test_work_stealing_when_nothing_else_is_ready() -> None:
     assert take(d, q, 1) == "a3"
 
 
+def test_no_stealing_in_the_first_round_over_idle_workers() -> None:
+    q = quanta("a1", "a2", "b1")
+    d = dispatcher(q, ["a1>a2"], "a1 a2 b1")
+    assert take(d, q, 0) == "a1"
+    assert take(d, q, 1) == "b1"
+    d.succeeded(q["b1"])
+    d.succeeded(q["a1"])
+    # Both workers are idle at once and worker 1 is served first (it finished last): in the
+    # first round it leaves a2 to worker 0, which holds a1's output; stealing is round two.
+    assert d.next_for(1, steal=False) is None
+    assert d.next_for(0, steal=False) == q["a2"]
+
+
 def test_stealing_takes_the_earliest_claimed_quantum() -> None:
     q = quanta("a", "a1", "a2", "b")
     d = dispatcher(q, ["a>a1", "a>a2"], "a a2 a1 b")

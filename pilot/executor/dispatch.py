@@ -7,7 +7,10 @@ Preference, for an idle worker ``w``:
    chain ``w`` is running, or a fan-in whose inputs ``w`` holds in memory);
 3. the first ready quantum, in topological order, that no other worker has a claim
    on (a new chain);
-4. anything ready and not pinned elsewhere (work stealing: inputs read from disk).
+4. anything ready and not pinned elsewhere (work stealing: inputs read from disk), only
+   once every idle worker has had its pick of 1–3: the next link of a chain goes to the
+   worker that ran its predecessor when that worker is idle in the same round, even if
+   another idle worker is served first.
 
 A failed quantum blocks its descendants; they never become ready.  A quantum the engine
 retries (`quantum_retry`) becomes ready again, its descendants still waiting for it.
@@ -64,8 +67,11 @@ class DepthFirstDispatcher:
         group = self._sticky.get(quantum_id)
         return None if group is None else self._group_worker.get(group)
 
-    def next_for(self, worker: int) -> uuid.UUID | None:
-        """Choose (and take) the next quantum for idle ``worker``, or `None`."""
+    def next_for(self, worker: int, steal: bool = True) -> uuid.UUID | None:
+        """Choose (and take) the next quantum for idle ``worker``, or `None`.
+
+        ``steal=False`` stops at rule 3 (the first round over the idle workers).
+        """
         affine = [q for q in self._affine.get(worker, ()) if q in self._ready]
         pinned = [q for q in affine if self._pinned_to(q) == worker]
         if pinned:
@@ -91,7 +97,9 @@ class DepthFirstDispatcher:
                 fallback = quantum_id
         for item in skipped:
             heapq.heappush(self._heap, item)
-        return None if fallback is None else self._take(fallback, worker)
+        if fallback is None or (not steal and fallback in claimed):
+            return None
+        return self._take(fallback, worker)
 
     def _parents_on(self, quantum_id: uuid.UUID, worker: int) -> int:
         return sum(1 for p in self._graph.predecessors(quantum_id) if self._ran_on.get(p) == worker)

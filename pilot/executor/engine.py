@@ -293,13 +293,16 @@ class _BundleExecution[W: Worker]:
             self._dispatch_memory_retry(idle)
             return  # the others wait until it has the workers' worth of memory it needs
         busy = sum(1 for w in self.pool.workers if w.busy is not None)
-        for worker in idle:
-            if busy >= self.retries.capacity(self.pool.size):
-                break
-            quantum_id = self.dispatcher.next_for(worker.index)
-            if quantum_id is not None:
-                self._send_quantum(worker, quantum_id)
-                busy += 1
+        for steal in (False, True):  # dispatch rule 4: stealing only after every worker's own pick
+            for worker in idle:
+                if busy >= self.retries.capacity(self.pool.size):
+                    return
+                if worker.busy is not None:
+                    continue
+                quantum_id = self.dispatcher.next_for(worker.index, steal=steal)
+                if quantum_id is not None:
+                    self._send_quantum(worker, quantum_id)
+                    busy += 1
 
     def _dispatch_memory_retry(self, idle: list[W]) -> None:
         """Rule 3 of `quantum_retry`: a retry with k budgets runs once k workers' worth is free."""
