@@ -55,7 +55,11 @@ class Ingester:
         self._thread.start()
 
     def submit(self, bundle_id: str) -> None:
-        """Look for pending ingests now (``bundle_id`` was just staged)."""
+        """``bundle_id`` was just staged: look for pending ingests now."""
+        self.wake()
+
+    def wake(self) -> None:
+        """Look for pending ingests now, not at the next poll."""
         self._wake.set()
 
     def stop(self) -> None:
@@ -76,13 +80,19 @@ class Ingester:
             except Exception as err:  # the database is away: try again at the next poll
                 _LOG.error("Cannot read the ingest queue: %s", err)
                 continue
-            touched: set[tuple[str, str]] = set()  # (staging root, output run) ingested in this pass
-            for bundle_id in pending:
-                if self._stopping.is_set():
-                    break
-                if (ingested := self._ingest(bundle_id)) is not None:
-                    touched.add(ingested)
-            self._update_provenance(touched)
+            try:
+                self._ingest_all(pending)
+            except Exception as err:  # the database went away mid-pass: the rest stay pending
+                _LOG.error("Ingest pass stopped: %s", err)
+
+    def _ingest_all(self, pending: list[str]) -> None:
+        touched: set[tuple[str, str]] = set()  # (staging root, output run) ingested in this pass
+        for bundle_id in pending:
+            if self._stopping.is_set():
+                break
+            if (ingested := self._ingest(bundle_id)) is not None:
+                touched.add(ingested)
+        self._update_provenance(touched)
 
     def _ingest(self, bundle_id: str) -> tuple[str, str] | None:
         """Ingest one bundle; return its (staging root, output run), or None if it failed."""

@@ -56,7 +56,7 @@ def serve(options: ServeOptions, settings: Settings) -> None:
     ingester = Ingester(options.repo, store, scheduler.staging_dir, leads=leadership.held)
     scheduler.on_staged.append(ingester.submit)
     ingester.start()
-    ingester.submit("")  # bundles staged before a restart, not yet ingested
+    ingester.wake()  # bundles staged before a restart, not yet ingested
     stop = threading.Event()
     sweeper = threading.Thread(
         target=_sweep, args=(scheduler, leadership, stop), name="lease-expiry", daemon=True
