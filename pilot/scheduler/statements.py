@@ -116,11 +116,16 @@ EXTEND = (
 )
 
 
+def insert_for(dialect: str, table: sa.Table) -> Any:
+    """``INSERT`` into ``table`` in ``dialect``'s own form (it has ``on_conflict_do_*``)."""
+    return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
+
+
 @functools.cache
 def seen(dialect: str, heartbeat: bool, leased: bool) -> sa.Insert:
     """Upsert the pilot's row: ``last_seen`` (and ``last_heartbeat``, its ``lease_id``)."""
     columns = ["last_seen", *(["last_heartbeat"] if heartbeat else []), *(["lease_id"] if leased else [])]
-    insert = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(pilots)
+    insert = insert_for(dialect, pilots)
     values: dict[str, Any] = {name: sa.bindparam(f"v_{name}") for name in ["pilot_id", *columns]}
     return insert.values(values).on_conflict_do_update(
         index_elements=[pilots.c.pilot_id], set_={name: insert.excluded[name] for name in columns}

@@ -38,7 +38,6 @@ from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any, Literal, NoReturn
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 
 from ..protocol import FinishResponse, PilotStatus, Progress, Slot, StatusResponse
 from . import statements as sql
@@ -192,10 +191,6 @@ class QueueStore:
         with self._writer, self._engine.connect() as conn, conn.execution_options(writer=True).begin():
             yield conn
 
-    def _insert(self, table: sa.Table) -> Any:
-        """``INSERT`` for this database's dialect (it has ``on_conflict_do_*``)."""
-        return (postgresql.insert if self.dialect == "postgresql" else sqlite.insert)(table)
-
     def add_bundle(self, row: BundleRow, depends_on: list[str]) -> bool:
         """Queue a bundle unless it is known already; return whether it was added."""
         with self.tx() as conn:
@@ -206,7 +201,7 @@ class QueueStore:
             return False
         seq = conn.execute(sa.select(sa.func.coalesce(sa.func.max(bundles.c.seq), 0))).scalar_one() + 1
         values = dataclasses.asdict(row) | {"seq": seq, "state": "queued", "staged": False, "ingest": "none"}
-        added = conn.execute(self._insert(bundles).values(**values).on_conflict_do_nothing())
+        added = conn.execute(sql.insert_for(self.dialect, bundles).values(**values).on_conflict_do_nothing())
         if added.rowcount != 1:
             return False  # another replica queued it just now
         for dep in dict.fromkeys(depends_on):
