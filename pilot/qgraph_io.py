@@ -14,29 +14,12 @@ import logging
 import uuid
 from collections.abc import Collection
 
-from lsst.pipe.base.quantum_graph import PredictedQuantumGraph, PredictedQuantumGraphComponents
+from lsst.pipe.base.quantum_graph import PredictedQuantumGraph
 from lsst.resources import ResourcePath
 
 from .errors import BundleError, shown
 
 _LOG = logging.getLogger(__name__)
-
-
-def read_full_graph(uri: ResourcePath) -> PredictedQuantumGraphComponents:
-    """Read every component of a predicted quantum graph.
-
-    Raises
-    ------
-    BundleError
-        The file is missing or is not a readable predicted quantum graph.
-    """
-    require_graph_file(uri)
-    try:
-        with PredictedQuantumGraph.open(uri) as reader:
-            reader.read_all()
-        return reader.components
-    except Exception as err:
-        raise BundleError(f"cannot read quantum graph {shown(uri)}: {type(err).__name__}: {err}") from None
 
 
 def load_bundle_graph(uri: ResourcePath, quantum_ids: Collection[uuid.UUID] | None) -> PredictedQuantumGraph:

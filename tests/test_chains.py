@@ -8,7 +8,7 @@ from pathlib import Path
 from conftest import TaskSpec, build_graph, pilot, read_report
 from lsst.pipe.base.quantum_graph import PredictedQuantumGraph
 
-from pilot.central.chains import find_chains, pack_chains
+from pilot.central.chains import find_chains, iter_plans
 from pilot.demo.campaign import create_dbb
 
 
@@ -34,10 +34,10 @@ def test_chains_are_per_detector_and_topological(tmp_path: Path) -> None:
         assert labels == ["a", "b", "c"]
         assert len({xgraph.nodes[q]["data_id"]["detector"] for q in chain}) == 1
 
-    plans = pack_chains(chains, xgraph, max_quanta=7)
+    plans = list(iter_plans(chains, xgraph, max_quanta=7))
     assert [len(p.quantum_ids) for p in plans] == [6, 6, 3]  # whole chains only
     assert all(not p.depends_on for p in plans)
-    cut = pack_chains(chains, xgraph, max_quanta=2)  # each chain alone exceeds N: cut it
+    cut = list(iter_plans(chains, xgraph, max_quanta=2))  # each chain alone exceeds N: cut it
     assert all(len(p.quantum_ids) <= 2 for p in cut)
     assert sum(len(p.quantum_ids) for p in cut) == 15
     dependent = [p for p in cut if p.depends_on]

@@ -36,13 +36,6 @@ def find_chains(xgraph: networkx.DiGraph) -> list[list[uuid.UUID]]:
     return chains
 
 
-def pack_chains(
-    chains: Iterable[list[uuid.UUID]], xgraph: networkx.DiGraph, max_quanta: int | None
-) -> list[BundlePlan]:
-    """Pack whole chains into bundles of at most ``max_quanta`` quanta (see `iter_plans`)."""
-    return list(iter_plans(chains, xgraph, max_quanta))
-
-
 def iter_plans(
     chains: Iterable[list[uuid.UUID]], xgraph: networkx.DiGraph, max_quanta: int | None
 ) -> Iterator[BundlePlan]:
