@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from throwaway_postgres import postgres_server  # noqa: E402  (tests/, as bench_stage_in loads conftest)
 
 TOKEN = "bench-token"
 
@@ -68,27 +68,6 @@ def pilot_serve(bundle_dir: Path, db: str | None, threads: int) -> Iterator[str]
     """Run ``pilot serve``; yield its URL."""
     with serve_process(bundle_dir, db, threads) as (url, _):
         yield url
-
-
-@contextmanager
-def postgres_server() -> Iterator[tuple[str, Path]]:
-    """A throw-away PostgreSQL server (as 'nobody' when run as root): its URL and data directory."""
-    base = tempfile.mkdtemp(prefix="bench-pg-")
-    port = free_port()
-    as_user = ["su", "nobody", "-s", "/bin/sh", "-c"] if os.geteuid() == 0 else ["/bin/sh", "-c"]
-    if os.geteuid() == 0:
-        shutil.chown(base, user="nobody")
-    data = os.path.join(base, "data")
-    subprocess.run([*as_user, f"initdb -D {data} -A trust -U pilot"], check=True, capture_output=True)
-    options = f"-p {port} -k {base} -h 127.0.0.1 -c max_connections=200"
-    subprocess.run(
-        [*as_user, f"pg_ctl -D {data} -o '{options}' -l {base}/log -w start"], check=True, capture_output=True
-    )
-    try:
-        yield f"postgresql+psycopg://pilot@127.0.0.1:{port}/postgres", Path(data)
-    finally:
-        subprocess.run([*as_user, f"pg_ctl -D {data} -m fast stop"], capture_output=True)
-        shutil.rmtree(base, ignore_errors=True)
 
 
 @contextmanager

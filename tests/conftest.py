@@ -5,12 +5,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -26,6 +24,7 @@ from lsst.pipe.base.tests.mocks import (
     DynamicConnectionConfig,
     DynamicTestPipelineTaskConfig,
 )
+from throwaway_postgres import have_postgres, postgres_server
 
 from pilot.demo.campaign import create_dbb
 from pilot.demo.probe_tasks import PayloadConfig, PayloadTask
@@ -284,29 +283,10 @@ def _wait_for_port(port: int, process: subprocess.Popen | None, what: str) -> No
 @pytest.fixture
 def postgres() -> Iterator[str]:
     """Run a real PostgreSQL 15 server (initdb/pg_ctl, as 'nobody' when we are root); yield its URL."""
-    if shutil.which("initdb") is None or shutil.which("pg_ctl") is None:
+    if not have_postgres():
         pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) are not on PATH")
-    base = tempfile.mkdtemp(prefix="pilot-pg-")
-    port = _free_port()
-    as_user = ["su", "nobody", "-s", "/bin/sh", "-c"] if os.geteuid() == 0 else ["/bin/sh", "-c"]
-    if os.geteuid() == 0:
-        shutil.chown(base, user="nobody")
-    data = os.path.join(base, "data")
-    subprocess.run([*as_user, f"initdb -D {data} -A trust -U pilot"], check=True, capture_output=True)
-    options = f"-p {port} -k {base} -h 127.0.0.1"
-    subprocess.run(
-        [*as_user, f"pg_ctl -D {data} -o '{options}' -l {base}/log -w start"], check=True, capture_output=True
-    )
-    try:
-        _wait_for_port(port, None, "PostgreSQL")
-        import psycopg
-
-        with psycopg.connect(f"postgresql://pilot@127.0.0.1:{port}/postgres", autocommit=True) as conn:
-            conn.execute("CREATE EXTENSION IF NOT EXISTS btree_gist")
-        yield f"postgresql+psycopg://pilot@127.0.0.1:{port}/postgres"
-    finally:
-        subprocess.run([*as_user, f"pg_ctl -D {data} -m fast stop"], capture_output=True)
-        shutil.rmtree(base, ignore_errors=True)
+    with postgres_server() as (url, _):
+        yield url
 
 
 @pytest.fixture
