@@ -139,12 +139,8 @@ def dashboard_data(scheduler: Scheduler) -> dict[str, Any]:
     status: StatusResponse = scheduler.status()
     b = bundles
     with scheduler.store.connect() as conn:
-        quanta = dict(conn.execute(sa.select(b.c.state, sa.func.sum(b.c.n_quanta)).group_by(b.c.state)).all())
-        per_label = conn.execute(
-            sa.select(b.c.label, b.c.state, sa.func.count(), sa.func.sum(b.c.n_quanta))
-            .where(b.c.generation == 0)
-            .group_by(b.c.label, b.c.state)
-        ).all()
+        totals = scheduler.store.bundle_totals(conn)
+        per_label = scheduler.store.job_quanta(conn)
         held = [p.bundle_id for p in status.pilots if p.bundle_id]
         sizes = dict(
             conn.execute(sa.select(b.c.bundle_id, b.c.n_quanta).where(b.c.bundle_id.in_(held))).all()
@@ -156,14 +152,14 @@ def dashboard_data(scheduler: Scheduler) -> dict[str, Any]:
             .limit(_RECENT_FAILURES)
         ).all()
     jobs: dict[str, dict[str, int]] = {}
-    for label, state, _n_bundles, n_quanta in per_label:
-        jobs.setdefault(label or "(no label)", {})[state] = int(n_quanta or 0)
+    for label, state, n_quanta in per_label:
+        jobs.setdefault(label or "(no label)", {})[state] = n_quanta
     doc = status.model_dump(mode="json")
     for pilot in doc["pilots"]:
         pilot["bundle_quanta"] = sizes.get(pilot["bundle_id"]) if pilot["bundle_id"] else None
     doc.update(
         now=time.time(),
-        quanta={state: int(quanta.get(state) or 0) for state in status.bundles},
+        quanta={state: totals.get(state, (0, 0))[1] for state in status.bundles},
         jobs=jobs,
         failures=[_failure(row) for row in failures],
     )

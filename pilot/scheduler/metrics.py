@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 
 import sqlalchemy as sa
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -119,16 +119,8 @@ class QueueCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         b = bundles
         with self._store.connect() as conn:
-            per_state = conn.execute(
-                sa.select(
-                    b.c.state, sa.func.count(), sa.func.coalesce(sa.func.sum(b.c.n_quanta), 0)
-                ).group_by(b.c.state)
-            ).all()
-            per_label = conn.execute(
-                sa.select(b.c.label, b.c.state, sa.func.sum(b.c.n_quanta))
-                .where(b.c.generation == 0)
-                .group_by(b.c.label, b.c.state)
-            ).all()
+            per_state = self._store.bundle_totals(conn)
+            per_label = self._store.job_quanta(conn)
             failed_quanta = conn.execute(
                 sa.select(sa.func.coalesce(sa.func.sum(b.c.failed_quanta), 0))
             ).scalar()
@@ -165,7 +157,7 @@ class QueueCollector(Collector):
 
 
 def _bundle_families(
-    per_state: Sequence[sa.Row], per_label: Sequence[sa.Row], failed_quanta: int
+    per_state: dict[str, tuple[int, int]], per_label: list[tuple[str | None, str, int]], failed_quanta: int
 ) -> Iterator[Metric]:
     by_state = GaugeMetricFamily("pilot_bundles", "Bundles by state (remainders included).", labels=["state"])
     quanta = GaugeMetricFamily(
@@ -173,9 +165,8 @@ def _bundle_families(
         "Quanta of the bundles in each state (a remainder's quanta count again).",
         labels=["state"],
     )
-    counts = {row[0]: (int(row[1]), int(row[2])) for row in per_state}
     for state in BUNDLE_STATES:
-        n_bundles, n_quanta = counts.get(state, (0, 0))
+        n_bundles, n_quanta = per_state.get(state, (0, 0))
         by_state.add_metric([state], float(n_bundles))
         quanta.add_metric([state], float(n_quanta))
     yield by_state
@@ -186,7 +177,7 @@ def _bundle_families(
         labels=["label", "state"],
     )
     for label, state, n in per_label:
-        by_label.add_metric([label or "", state], float(n or 0))
+        by_label.add_metric([label or "", state], float(n))
     yield by_label
     failed = GaugeMetricFamily("pilot_quanta_failed", "Quanta failed or abandoned in finished bundles.")
     failed.add_metric([], float(failed_quanta))

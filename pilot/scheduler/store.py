@@ -399,6 +399,24 @@ class QueueStore:
         with self.tx() as conn:
             conn.execute(bundles.update().where(bundles.c.bundle_id == bundle_id).values(ingest=state))
 
+    @staticmethod
+    def bundle_totals(conn: sa.Connection) -> dict[str, tuple[int, int]]:
+        """``state: (bundles, quanta)`` of the bundles in each state (remainders included)."""
+        query = sa.select(
+            bundles.c.state, sa.func.count(), sa.func.coalesce(sa.func.sum(bundles.c.n_quanta), 0)
+        ).group_by(bundles.c.state)
+        return {state: (int(n), int(quanta)) for state, n, quanta in conn.execute(query)}
+
+    @staticmethod
+    def job_quanta(conn: sa.Connection) -> list[tuple[str | None, str, int]]:
+        """``(job label, state, quanta)`` of the original bundles (a job's remainders not counted again)."""
+        query = (
+            sa.select(bundles.c.label, bundles.c.state, sa.func.sum(bundles.c.n_quanta))
+            .where(bundles.c.generation == 0)
+            .group_by(bundles.c.label, bundles.c.state)
+        )
+        return [(label, state, int(n or 0)) for label, state, n in conn.execute(query)]
+
     def status(self) -> StatusResponse:
         """Counts of bundles per state, staged bundles per ingest state, and the pilots."""
         with self.connect() as conn:
